@@ -1,0 +1,400 @@
+"""docker/: the compose stack, the images and their entry points, checked without a Docker engine.
+
+The compose file is validated against the compose-spec JSON schema vendored by `check-jsonschema` (skipped
+when that package is absent) and then against plexlab's own rules: nothing published beyond 127.0.0.1,
+MLflow with basic auth, allowed hosts and PostgreSQL, Ray token auth on every node, GPUs on the workers,
+secrets only as files, healthchecks everywhere. The entry point scripts run for real on temporary secret
+files.
+"""
+
+import configparser
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+RAY_SERVICES_PREFIX = "ray-"
+SECRET_WORDS = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$|CREDENTIAL", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def resolve(value: str) -> str:
+    """Compose interpolation with an empty environment: `${VAR:-default}` becomes `default`."""
+    return INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def ray_services(services: dict) -> dict:
+    return {name: svc for name, svc in services.items() if name.startswith(RAY_SERVICES_PREFIX)}
+
+
+def workers(services: dict) -> dict:
+    return {name: svc for name, svc in services.items() if name.startswith("ray-worker")}
+
+
+def env_of(service: dict) -> dict:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # the `- KEY=value` form
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+# --- compose.yaml ----------------------------------------------------------------------------------------
+
+
+def test_compose_matches_the_compose_spec_schema(compose: dict) -> None:
+    resources = pytest.importorskip("importlib.resources")
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema vendors the compose-spec schema")
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+    # The schema is strict enough to catch a misspelt key.
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["ray-head"]["helthcheck"] = {}
+    assert any("helthcheck" in e.message for e in validator.iter_errors(broken))
+
+
+def test_expected_services(services: dict) -> None:
+    assert {"postgres", "mlflow", "ray-head"} <= set(services)
+    assert len(workers(services)) >= 2
+
+
+def test_ports_are_published_on_loopback_only(services: dict) -> None:
+    published = []
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            if isinstance(port, dict):
+                host_ip = port.get("host_ip")
+                published.append((name, port.get("published")))
+                assert host_ip == "127.0.0.1", f"{name}: {port} is not bound to 127.0.0.1"
+            else:
+                published.append((name, port))
+                assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is not bound to 127.0.0.1"
+                assert resolve(str(port)).count(":") == 2, f"{name}: {port} must be 127.0.0.1:HOST:CONTAINER"
+    names = {name for name, _ in published}
+    assert names == {"mlflow", "ray-head"}, "only the MLflow UI and the Ray dashboard are published"
+    assert any(resolve(str(p)).endswith(":8265") for name, p in published if name == "ray-head")
+    assert "ports" not in services["postgres"]
+
+
+def test_postgres_is_private_and_the_mlflow_backend(compose: dict, services: dict) -> None:
+    pg = services["postgres"]
+    assert pg["image"].split(":")[1] not in ("", "latest")
+    (network,) = pg["networks"]
+    assert compose["networks"][network].get("internal") is True
+    assert env_of(pg)["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    env = env_of(services["mlflow"])
+    assert env["MLFLOW_DB_HOST"] == "postgres"
+    assert env["MLFLOW_DB_NAME"] == env_of(pg)["POSTGRES_DB"]
+    assert env["MLFLOW_DB_USER"] == env_of(pg)["POSTGRES_USER"]
+    assert network in services["mlflow"]["networks"]
+
+
+def test_mlflow_server_has_basic_auth_and_allowed_hosts(services: dict) -> None:
+    command = [resolve(str(part)) for part in services["mlflow"]["command"]]
+    assert command[:2] == ["mlflow", "server"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    hosts = command[command.index("--allowed-hosts") + 1].split(",")
+    assert "*" not in hosts and "mlflow:5000" in hosts, "the Ray nodes reach MLflow as mlflow:5000"
+    assert "127.0.0.1:5000" in hosts, "the published UI"
+    assert "--serve-artifacts" in command
+    assert command[command.index("--artifacts-destination") + 1] == "/mlartifacts"
+    mounts = [str(v) for v in services["mlflow"]["volumes"]]
+    assert any(m.endswith(":/mlartifacts") for m in mounts)
+    env = env_of(services["mlflow"])
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"].startswith("/run/secrets/")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"].startswith("/run/secrets/")
+
+
+def test_ray_token_auth_on_every_node(compose: dict, services: dict) -> None:
+    nodes = ray_services(services)
+    assert "ray-head" in nodes and len(nodes) >= 3
+    for name, svc in nodes.items():
+        env = env_of(svc)
+        assert env.get("RAY_AUTH_MODE") == "token", name
+        token_path = env["RAY_AUTH_TOKEN_PATH"]
+        secret = token_path.removeprefix("/run/secrets/")
+        assert token_path.startswith("/run/secrets/") and secret in svc["secrets"], name
+        assert "RAY_AUTH_TOKEN" not in env, f"{name}: the token must come from the secret file"
+    # One token for the whole cluster.
+    assert len({env_of(svc)["RAY_AUTH_TOKEN_PATH"] for svc in nodes.values()}) == 1
+    assert secret in compose["secrets"]
+
+
+def test_ray_head_and_workers(services: dict) -> None:
+    head = [resolve(str(part)) for part in services["ray-head"]["command"]]
+    assert head[:3] == ["ray", "start", "--head"] and "--block" in head
+    assert "--port=6379" in head and "--dashboard-port=8265" in head
+    for name, svc in workers(services).items():
+        command = [resolve(str(part)) for part in svc["command"]]
+        assert command[:2] == ["ray", "start"] and "--head" not in command, name
+        assert "--address=ray-head:6379" in command, name
+        assert svc["depends_on"]["ray-head"]["condition"] == "service_healthy", name
+    # All Ray nodes see the same storage path and the same data path.
+    for name, svc in ray_services(services).items():
+        targets = [resolve(str(v)).split(":")[1] for v in svc["volumes"]]
+        assert "/shared" in targets and "/workspace/shared/data" in targets, name
+
+
+def test_workers_reserve_distinct_gpus(services: dict) -> None:
+    seen = []
+    for name, svc in workers(services).items():
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert devices, name
+        for device in devices:
+            assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], name
+            ids = [resolve(str(i)) for i in device["device_ids"]]
+            seen.extend(ids)
+    assert len(seen) == len(set(seen)), "two workers reserve the same GPU"
+    assert "deploy" not in services["ray-head"] or "devices" not in str(services["ray-head"]["deploy"])
+
+
+def test_no_secret_is_inline(compose: dict, services: dict) -> None:
+    for name, svc in services.items():
+        for key, value in env_of(svc).items():
+            if SECRET_WORDS.search(key) and not key.endswith(("_FILE", "_PATH")):
+                pytest.fail(f"{name}: {key} carries a secret inline")
+            if key.endswith("_FILE") and SECRET_WORDS.search(key):
+                assert str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
+        for secret in svc.get("secrets", []):
+            assert (secret if isinstance(secret, str) else secret["source"]) in compose["secrets"], name
+    for name, secret in compose["secrets"].items():
+        assert set(secret) <= {"file", "environment"}, (
+            f"secret {name} must come from a file or the environment"
+        )
+        if "file" in secret:
+            assert resolve(secret["file"]).startswith("./secrets/"), name
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_secret_files_and_env_are_ignored_by_git(compose: dict) -> None:
+    paths = [f"docker/{resolve(s['file']).removeprefix('./')}" for s in compose["secrets"].values()]
+    paths.append("docker/.env")
+    done = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert sorted(done.stdout.split()) == sorted(paths)
+    tracked = subprocess.run(
+        ["git", "ls-files", "docker/secrets", "docker/.env"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert tracked == ""
+
+
+def test_env_example_documents_every_variable_and_holds_no_secret() -> None:
+    example = (DOCKER / ".env.example").read_text()
+    settings = dict(
+        line.split("=", 1) for line in example.splitlines() if line.strip() and not line.startswith("#")
+    )
+    used = set(INTERPOLATION.findall(COMPOSE.read_text()))
+    assert {name for name, _ in used} <= set(settings)
+    for key in settings:
+        assert not re.search(r"PASSWORD|TOKEN|SECRET_KEY", key), f"{key} belongs in a secret file"
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(services: dict) -> None:
+    for name, svc in services.items():
+        check = svc.get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), name
+        for dependency, condition in (svc.get("depends_on") or {}).items():
+            assert condition["condition"] == "service_healthy", f"{name} -> {dependency}"
+            assert "healthcheck" in services[dependency]
+    assert "postgres" in services["mlflow"]["depends_on"]
+    assert "mlflow" in services["ray-head"]["depends_on"]
+
+
+def test_images_are_pinned(services: dict) -> None:
+    for name, svc in services.items():
+        image = resolve(svc["image"])
+        assert ":" in image and not image.endswith(":latest"), f"{name}: {image}"
+        if "build" in svc:
+            build = svc["build"]
+            dockerfile = (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve()
+            assert dockerfile.is_file(), f"{name}: {dockerfile}"
+
+
+# --- Dockerfiles -----------------------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of a Dockerfile, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        current += " " + stripped.removesuffix("\\") if current else stripped.removesuffix("\\")
+        if not stripped.endswith("\\"):
+            lines.append(current)
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "mlflow.Dockerfile"])
+def test_dockerfile_is_pinned_non_root_and_healthchecked(name: str) -> None:
+    steps = instructions(DOCKER / name)
+    froms = [args for op, args in steps if op == "FROM"]
+    assert froms
+    for image in froms:
+        image = image.split()[0]
+        assert "$" not in image, f"FROM {image}: pin the base literally"
+        repo, _, tag = image.partition("@")[0].rpartition(":")
+        assert repo and tag and tag != "latest" and not tag.isalpha(), f"FROM {image}: pin an exact tag"
+        assert re.search(r"\d+\.\d+", tag), f"FROM {image}: the tag must name a version"
+    users = [args.strip() for op, args in steps if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    checks = [args for op, args in steps if op == "HEALTHCHECK"]
+    assert len(checks) == 1 and "CMD" in checks[0] and "NONE" not in checks[0]
+    text = (DOCKER / name).read_text()
+    assert ":latest" not in text
+    for op, args in steps:
+        if op == "COPY" and "/tmp/plexlab-src" not in args:
+            source = next(a for a in args.split() if not a.startswith("--"))
+            context = ROOT if name == "Dockerfile" else DOCKER
+            assert (context / source).exists(), f"COPY {source}"
+
+
+def test_plexlab_image_installs_pinned_cuda_torch_and_the_package() -> None:
+    steps = instructions(DOCKER / "Dockerfile")
+    args = dict((op, a) for op, a in steps if op == "ARG" for op, a in [tuple(a.split("=", 1))])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"])
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", args["TORCH_INDEX_URL"])
+    runs = [a for op, a in steps if op == "RUN"]
+    torch_step = next(r for r in runs if '"torch==${TORCH_VERSION}"' in r)
+    assert '--index-url "${TORCH_INDEX_URL}"' in torch_step
+    package_step = next(r for r in runs if "[all]" in r)
+    assert "--constraint" in package_step, "torch must stay the pinned CUDA build"
+    assert any(op == "ENTRYPOINT" and "tini" in a for op, a in steps)
+
+
+def test_dockerignore_keeps_secrets_and_environments_out() -> None:
+    ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    for pattern in ("docker/secrets", "**/.env", "**/.venv", "**/.git", "mlflow.db"):
+        assert pattern in ignored
+
+
+# --- entry points ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["entrypoint.sh", "mlflow-entrypoint.sh", "make-secrets.sh"])
+def test_shell_scripts_parse(script: str) -> None:
+    subprocess.run(["sh", "-n", str(DOCKER / script)], check=True)
+
+
+def write_secrets(directory: Path, **values: str) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, value in values.items():
+        paths[name] = directory / name
+        paths[name].write_text(value)
+    return paths
+
+
+def run_mlflow_entrypoint(tmp_path: Path, db_password: str, *command: str) -> subprocess.CompletedProcess:
+    secrets = write_secrets(tmp_path / "secrets", db=db_password, admin="adminpw-123", flask="flask-key-456")
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TMPDIR": str(tmp_path),
+        "MLFLOW_DB_HOST": "postgres",
+        "MLFLOW_DB_NAME": "mlflow",
+        "MLFLOW_DB_USER": "mlflow",
+        "MLFLOW_DB_PASSWORD_FILE": str(secrets["db"]),
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets["admin"]),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets["flask"]),
+    }
+    return subprocess.run(
+        ["sh", str(DOCKER / "mlflow-entrypoint.sh"), *command], env=env, capture_output=True, text=True
+    )
+
+
+def test_mlflow_entrypoint_builds_the_postgres_uri_and_a_private_auth_config(tmp_path: Path) -> None:
+    done = run_mlflow_entrypoint(tmp_path, "p@ss:w/rd%", "env")
+    assert done.returncode == 0, done.stderr
+    env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    uri = "postgresql+psycopg2://mlflow:p%40ss%3Aw%2Frd%25@postgres:5432/mlflow"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == uri
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "adminpw-123"
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "flask-key-456"
+    ini = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    config = configparser.ConfigParser()  # what mlflow.server.auth.config reads it with
+    config.read(ini)
+    assert config["mlflow"]["database_uri"] == uri
+    assert config["mlflow"]["default_permission"] == "READ"
+    assert config["mlflow"]["authorization_function"].endswith("authenticate_request_basic_auth")
+
+
+def test_mlflow_entrypoint_refuses_placeholders_and_missing_secrets(tmp_path: Path) -> None:
+    done = run_mlflow_entrypoint(tmp_path, "change-me", "true")
+    assert done.returncode == 2 and "placeholder" in done.stderr
+    done = run_mlflow_entrypoint(tmp_path / "empty", "", "true")
+    assert done.returncode == 2 and "postgres_password" in done.stderr
+
+
+def test_plexlab_entrypoint_writes_mlflow_credentials_the_client_reads(tmp_path: Path) -> None:
+    secrets = write_secrets(tmp_path / "secrets", mlflow="s3cret-pw", token="tok")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD_FILE": str(secrets["mlflow"]),
+        "RAY_AUTH_TOKEN_PATH": str(secrets["token"]),
+    }
+    done = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "env"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "s3cret-pw" not in done.stdout, "the password is not exported to the command"
+    credentials = home / ".mlflow" / "credentials"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    config = configparser.ConfigParser()  # as mlflow.utils.credentials reads ~/.mlflow/credentials
+    config.read(credentials)
+    assert dict(config["mlflow"]) == {
+        "mlflow_tracking_username": "alice",
+        "mlflow_tracking_password": "s3cret-pw",
+    }
+
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "missing")
+    done = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "true"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "RAY_AUTH_TOKEN_PATH" in done.stderr
+
+
+def test_make_secrets_creates_private_hex_secrets_once(tmp_path: Path) -> None:
+    target = tmp_path / "secrets"
+    env = {**os.environ, "PLEXLAB_SECRETS_DIR": str(target)}
+    subprocess.run(["sh", str(DOCKER / "make-secrets.sh")], env=env, check=True, capture_output=True)
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert sorted(p.name for p in target.iterdir()) == sorted(compose["secrets"])
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    first = {p.name: p.read_text() for p in target.iterdir()}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in first.values())
+    subprocess.run(["sh", str(DOCKER / "make-secrets.sh")], env=env, check=True, capture_output=True)
+    assert {p.name: p.read_text() for p in target.iterdir()} == first, "re-running never rotates secrets"
