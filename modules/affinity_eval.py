@@ -1,0 +1,108 @@
+"""Evaluation shared by the affinity models (CPAC and the AffinityMLP baseline).
+
+Predictions are accumulated per subset over an epoch and scored at its end: RMSE, Pearson and Spearman for
+affinities; for samples with compound-protein contact maps, contact AUPRC/AUROC over all valid residue x atom
+pairs and binding-site AUPRC over residues (a residue's score is its largest interaction weight; it is a
+binding site when it touches any atom).
+
+Metric names: `val/<metric>`; `test/<metric>` for the main test set, `test/<set>_<metric>` for the extra
+test sets (e.g. `test/kinase_pearson`), and `test/unseen_protein_<metric>` / `test/unseen_compound_<metric>`
+for the main
+test pairs whose protein or compound is absent from the training split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def pearson(pred: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation (nan when either side is constant or fewer than 2 points)."""
+    if len(y) < 2 or np.std(pred) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(pred, y)[0, 1])
+
+
+def spearman(pred: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import rankdata
+
+    return pearson(rankdata(pred), rankdata(y))
+
+
+def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """RMSE, Pearson and Spearman of predictions against targets."""
+    return {
+        "rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
+        "pearson": pearson(pred, y),
+        "spearman": spearman(pred, y),
+    }
+
+
+def contact_metrics(scores: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, float]:
+    """Contact AUPRC/AUROC over all pairs and binding-site AUPRC over residues; each map is [L, A]."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    s = np.concatenate([m.ravel() for m in scores])
+    t = np.concatenate([m.ravel() for m in targets]) > 0
+    site_s = np.concatenate([m.max(axis=1) for m in scores])
+    site_t = np.concatenate([m.max(axis=1) for m in targets]) > 0
+    out: dict[str, float] = {}
+    if 0 < t.sum() < len(t):
+        out["contact_auprc"] = float(average_precision_score(t, s))
+        out["contact_auroc"] = float(roc_auc_score(t, s))
+        out["contact_random_auprc"] = float(t.mean())  # the AUPRC of a random scorer, for reference
+    if 0 < site_t.sum() < len(site_t):
+        out["site_auprc"] = float(average_precision_score(site_t, site_s))
+    return out
+
+
+class AffinityEvalMixin:
+    """Accumulates predictions per subset and logs the metrics at epoch end (mixed into a LightningModule)."""
+
+    def _eval_reset(self) -> None:
+        self._eval: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+
+    def _eval_collect(self, batch: Any, pred: torch.Tensor, imap: torch.Tensor | None = None) -> None:
+        if not hasattr(self, "_eval"):
+            self._eval_reset()
+        acc = self._eval[batch.subset]
+        acc["pred"].append(pred.detach().float().cpu().numpy())
+        acc["y"].append(batch.affinity.detach().cpu().numpy())
+        acc["unseen_protein"].append(batch.unseen_protein.cpu().numpy())
+        acc["unseen_compound"].append(batch.unseen_compound.cpu().numpy())
+        if imap is not None and bool(batch.has_contacts.any()):
+            n_res = batch.protein_mask[batch.protein_of].sum(1).cpu().numpy()
+            n_atoms = batch.atom_mask.sum(1).cpu().numpy()
+            for b in torch.nonzero(batch.has_contacts).flatten().tolist():
+                acc["scores"].append(imap[b, : n_res[b], : n_atoms[b]].detach().float().cpu().numpy())
+                acc["targets"].append(batch.contacts[b, : n_res[b], : n_atoms[b]].cpu().numpy())
+
+    def _eval_finish(self, stage: str) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for subset, acc in getattr(self, "_eval", {}).items():
+            pred, y = np.concatenate(acc["pred"]), np.concatenate(acc["y"])
+            main = subset in ("val", "test", "train", "predict")
+            prefix = f"{stage}/" if main else f"{stage}/{subset}_"
+            metrics = regression_metrics(pred, y)
+            if acc["scores"]:
+                metrics.update(contact_metrics(acc["scores"], acc["targets"]))
+            if stage == "test" and main:
+                for flag in ("unseen_protein", "unseen_compound"):
+                    m = np.concatenate(acc[flag])
+                    if m.sum() >= 3:
+                        for k, v in regression_metrics(pred[m], y[m]).items():
+                            results[f"{stage}/{flag}_{k}"] = v
+                        results[f"{stage}/{flag}_count"] = float(m.sum())
+            for k, v in metrics.items():
+                results[prefix + k] = v
+        for k, v in results.items():
+            # nan (constant predictions) is logged as 0 correlation: checkpointing on val/pearson still works
+            self.log(k, 0.0 if math.isnan(v) and ("pearson" in k or "spearman" in k) else v)
+        self._eval_reset()
+        return results
