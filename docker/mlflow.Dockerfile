@@ -21,7 +21,7 @@ WORKDIR /home/mlflow
 EXPOSE 5000
 
 # /health is exempt from authentication and from the allowed-hosts check.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=5 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4)"]
 
 ENTRYPOINT ["mlflow-entrypoint"]

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -398,3 +399,91 @@ def test_make_secrets_creates_private_hex_secrets_once(tmp_path: Path) -> None:
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in first.values())
     subprocess.run(["sh", str(DOCKER / "make-secrets.sh")], env=env, check=True, capture_output=True)
     assert {p.name: p.read_text() for p in target.iterdir()} == first, "re-running never rotates secrets"
+
+
+# --- the MLflow server as compose runs it (slow: starts a server) ----------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_server_with_the_compose_flags_enforces_auth_and_hosts(tmp_path: Path, services: dict) -> None:
+    """The compose command line, on SQLite instead of PostgreSQL: basic auth, allowed hosts, artifacts."""
+    pytest.importorskip("flask_wtf", reason="the basic-auth app needs mlflow[auth] (Flask-WTF)")
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    command = [resolve(str(part)) for part in services["mlflow"]["command"]]
+    replace = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--allowed-hosts": f"mlflow:5000,127.0.0.1:{port}",
+        "--artifacts-destination": str(tmp_path / "artifacts"),
+        "--workers": "1",
+    }
+    for flag, value in replace.items():
+        command[command.index(flag) + 1] = value
+    (tmp_path / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-pw-0123",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "key",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    # Its own process group: `mlflow server` runs uvicorn as a child, and both must go at the end.
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def status(path: str, auth: bool = False, host: str | None = None) -> int:
+        request = urllib.request.Request(base + path)
+        if auth:
+            request.add_header("Authorization", "Basic YWRtaW46YWRtaW4tcHctMDEyMw==")  # admin:admin-pw-0123
+        if host:
+            request.add_header("Host", host)
+        try:
+            # The first authenticated call bootstraps the admin user (a slow password hash).
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if status("/health") == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
+            time.sleep(1)
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert status(search) == 401
+        assert status(search, auth=True) == 200
+        assert status(search, auth=True, host="mlflow:5000") == 200
+        assert status(search, auth=True, host="evil.example") == 403
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
