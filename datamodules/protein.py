@@ -1,0 +1,407 @@
+"""ProteinDataModule: protein chains as (ESM tokens, residue graph) for pretraining or EC/GO tuning.
+
+Inputs (one of): `path`, a folder of PDB/mmCIF files (gzipped or not; all protein chains) or one file;
+`chains_file`, a TSV with `file` and `chain` columns (files relative to the TSV's folder, or to `path` when
+given); `fasta_file`, sequences only (no structure encoder then). Chains that cannot be used are rejected with
+a one-line reason (`skipped`, `skip_table()`), or raise `DataError` with `strict=True`. Unreadable files are
+rejected the same way. Labels: `labels_file` TSV (see `read_labels`), its `label_column` (EC numbers, GO
+terms) in `function` mode; families from its `family`/`superfamily` columns (or `scop2_family`/
+`scop2_superfamily`) or from `scop2_dir` (SCOP2 + SIFTS).
+
+Splits are drawn once from `seed`, grouping chains by PDB id so copies of one entry (PDB and mmCIF files,
+chains of a homo-oligomer) never straddle train and validation. Proteins longer than `max_residues` are
+cropped to a window (random in training, the first window in evaluation), as in the reference setup.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from plexlab.datamodules.errors import DataError
+from plexlab.datamodules.protein_graph import NUM_RESIDUE_TYPES, GraphCache, GraphSettings
+from plexlab.datamodules.protein_reader import (
+    ChainSkip,
+    Scop2Index,
+    is_structure_file,
+    read_fasta,
+    read_labels,
+)
+from plexlab.datamodules.protein_views import ProteinView, ViewSampler, crop_view, parse_view
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import Batch, Data
+
+log = logging.getLogger(__name__)
+
+
+def esm_alphabet():
+    """The ESM-1b/ESM-2 alphabet (ESM-2 models share it)."""
+    import esm
+
+    return esm.data.Alphabet.from_architecture("ESM-1b")
+
+
+@dataclass
+class ProteinBatch:
+    """A batch of proteins: ESM tokens [B, L+2] (BOS, residues, EOS, padding) and a PyG batch of graphs.
+
+    `graph.residue_pos` is each node's position in its sequence; its token is at `residue_pos + 1`.
+    `labels` is [B, num_labels] float in function mode.
+    """
+
+    ids: list[str]
+    tokens: torch.Tensor
+    graph: Batch | None
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class ProteinPairBatch:
+    """Two views of each protein (pretraining): `a[i]` and `b[i]` are a positive pair."""
+
+    a: ProteinBatch
+    b: ProteinBatch
+    specs: list[str]
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+class _Items(Dataset):
+    def __init__(self, dm: ProteinDataModule, indices: list[int], train: bool, pairs: bool) -> None:
+        self.dm, self.indices, self.train, self.pairs = dm, indices, train, pairs
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = self.indices[k]
+        # training draws from torch's RNG (seed_everything; new draws each epoch); evaluation is fixed
+        seed = int(torch.randint(0, 2**31 - 1, (1,))) if self.train else self.dm.seed * 1_000_003 + i
+        rng = random.Random(seed)
+        if self.pairs:
+            a, b, spec = self.dm.sampler.sample(i, self.dm.view, rng)
+            return self.dm.limit(a, rng), self.dm.limit(b, rng), spec
+        return self.dm.limit(self.dm.view(i), rng if self.train else None), self.dm.label_vector(i)
+
+
+class ProteinDataModule(pl.LightningDataModule):
+    """Protein chains from PDB/mmCIF/FASTA as ESM tokens + residue graphs, with views or function labels."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        chains_file: str | None = None,
+        fasta_file: str | None = None,
+        labels_file: str | None = None,
+        scop2_dir: str | None = None,
+        cache_dir: str | None = None,
+        mode: Literal["pretrain", "function"] = "pretrain",
+        label_column: str = "ec",
+        views: list[str] | None = None,
+        crop_length: int = 50,
+        fallback_view: Literal["identity"] = "identity",
+        max_residues: int = 550,
+        min_residues: int = 10,
+        max_offset: int = 2,
+        radius: float = 10.0,
+        knn: int = 10,
+        min_seq_sep: int = 5,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if sum(x is not None for x in (chains_file, fasta_file)) > 1 or (fasta_file and path):
+            raise DataError(
+                fasta_file or chains_file, "give structures (path/chains_file) or fasta_file, not both"
+            )
+        if path is None and chains_file is None and fasta_file is None:
+            raise DataError("data", "give path, chains_file or fasta_file")
+        self.views = list(views) if views is not None else ["crop"]
+        for v in self.views:
+            try:
+                parse_view(v)
+            except ValueError as exc:
+                raise DataError("data.views", str(exc)) from exc
+        self.path, self.chains_file, self.fasta_file = path, chains_file, fasta_file
+        self.labels_file, self.scop2_dir = labels_file, scop2_dir
+        self.cache_dir = cache_dir
+        self.mode, self.label_column = mode, label_column
+        self.crop_length, self.fallback_view = crop_length, fallback_view
+        self.max_residues = max_residues
+        self.settings = GraphSettings(max_offset, radius, knn, min_seq_sep, min_residues)
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.batch_size, self.num_workers, self.seed, self.strict = batch_size, num_workers, seed, strict
+        self.cache = GraphCache(cache_dir, self.settings)
+        self._ready = False
+
+    # ---------------------------------------------------------------- reading
+    def _structure_entries(self) -> list[tuple[Path, list[str] | None]]:
+        if self.chains_file is not None:
+            tsv = Path(self.chains_file)
+            base = Path(self.path) if self.path else tsv.parent
+            try:
+                rows = list(csv.DictReader(tsv.read_text().splitlines(), delimiter="\t"))
+            except OSError as exc:
+                raise DataError(tsv, f"cannot read: {exc}") from exc
+            if not rows or "file" not in rows[0] or "chain" not in rows[0]:
+                raise DataError(tsv, "needs a header with 'file' and 'chain' columns")
+            wanted: dict[Path, list[str]] = {}
+            for row in rows:
+                wanted.setdefault(base / row["file"], []).append(row["chain"] or "")
+            return list(wanted.items())
+        root = Path(self.path)
+        if root.is_dir():
+            files = sorted(p for p in root.iterdir() if is_structure_file(p))
+            if not files:
+                raise DataError(root, "no PDB/mmCIF files (.pdb, .cif, .ent, optionally .gz)")
+            return [(p, None) for p in files]
+        if not root.exists():
+            raise DataError(root, "no such file or folder")
+        return [(root, None)]
+
+    def _reject(self, skip: ChainSkip) -> None:
+        if self.strict:
+            raise DataError(skip.source, f"chain {skip.chain!r}: {skip.reason}: {skip.detail}")
+        self.skipped.append(skip)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        self.skipped: list[ChainSkip] = []
+        self.items: list[dict[str, Any]] = []
+        if self.fasta_file is not None:
+            for rec in read_fasta(self.fasta_file):
+                self.items.append(
+                    {
+                        "id": rec.id,
+                        "pdb_id": rec.id.split("-")[0].upper(),
+                        "chain": "",
+                        "source": rec.source,
+                        "sequence": rec.sequence,
+                        "graph": None,
+                    }
+                )
+        else:
+            for file, chains in self._structure_entries():
+                try:
+                    graphs, skips = self.cache.load(file)
+                except DataError as exc:
+                    if self.strict:
+                        raise
+                    for c in chains or ["*"]:
+                        self._reject(ChainSkip(file.name, c, "unreadable file", exc.problem))
+                    continue
+                by_chain = {g["chain"]: g for g in graphs}
+                skip_of = {s.chain: s for s in skips}
+                if chains is None:
+                    chosen = graphs
+                    for s in skips:
+                        self._reject(s)
+                else:
+                    chosen = []
+                    for c in chains:
+                        if c in by_chain:
+                            chosen.append(by_chain[c])
+                        elif c in skip_of:
+                            self._reject(skip_of[c])
+                        else:
+                            have = ", ".join(sorted(repr(k) for k in by_chain)) or "none"
+                            self._reject(
+                                ChainSkip(
+                                    file.name,
+                                    c,
+                                    "chain not found",
+                                    f"no protein chain {c!r} (protein chains: {have})",
+                                )
+                            )
+                for g in chosen:
+                    self.items.append({**g, "graph": g})
+        self._attach_labels()
+        if not self.items:
+            raise DataError(self.path or self.chains_file or self.fasta_file, "no usable protein chain")
+        self.items.sort(key=lambda it: it["id"])
+        self._split()
+        self.sampler = ViewSampler(
+            self.views,
+            [it["family"] for it in self.items],
+            [it["superfamily"] for it in self.items],
+            crop_length=self.crop_length,
+            fallback=self.fallback_view,
+        )
+        if self.skipped:
+            log.info(
+                "protein data: %d chains used, %d rejected: %s",
+                len(self.items),
+                len(self.skipped),
+                dict(self.skip_table()),
+            )
+        self._ready = True
+
+    def _attach_labels(self) -> None:
+        table, keying = read_labels(self.labels_file) if self.labels_file else ({}, "")
+        scop = Scop2Index(self.scop2_dir) if self.scop2_dir else None
+        kept = []
+        for it in self.items:
+            key = (Path(it["source"]).name, it["chain"]) if keying == "file" else (it["pdb_id"], it["chain"])
+            row = table.get(key, {})
+            fam = row.get("family") or row.get("scop2_family") or []
+            sfam = row.get("superfamily") or row.get("scop2_superfamily") or []
+            if scop is not None and it["pdb_id"]:
+                fam = fam or scop.family(it["pdb_id"], it["chain"])
+                sfam = sfam or scop.superfamily(it["pdb_id"], it["chain"])
+            it["family"], it["superfamily"] = list(fam), list(sfam)
+            it["labels"] = list(row.get(self.label_column, []))
+            if self.mode == "function" and not it["labels"]:
+                self._reject(
+                    ChainSkip(
+                        Path(it["source"]).name,
+                        it["chain"],
+                        "no label",
+                        f"no {self.label_column!r} label in {self.labels_file}",
+                    )
+                )
+                continue
+            kept.append(it)
+        self.items = kept
+        self.label_names = sorted({lab for it in self.items for lab in it["labels"]})
+        self._label_index = {lab: j for j, lab in enumerate(self.label_names)}
+
+    def _split(self) -> None:
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(self.items):
+            groups.setdefault(it["pdb_id"] or it["id"], []).append(i)
+        keys = sorted(groups)
+        random.Random(self.seed).shuffle(keys)
+        n_val = round(self.val_fraction * len(keys))
+        n_test = round(self.test_fraction * len(keys))
+        if len(keys) - n_val - n_test < 1 or (self.val_fraction > 0 and n_val == 0):
+            # too few entries to hold any out: validate on the training set (stated in the log)
+            log.warning(
+                "protein data: %d PDB entries, too few to split; validating on the training set", len(keys)
+            )
+            self.train_idx = self.val_idx = self.test_idx = sorted(i for k in keys for i in groups[k])
+            return
+        pick = lambda ks: sorted(i for k in ks for i in groups[k])  # noqa: E731
+        self.val_idx = pick(keys[:n_val])
+        self.test_idx = pick(keys[n_val : n_val + n_test]) or self.val_idx
+        self.train_idx = pick(keys[n_val + n_test :])
+
+    def skip_table(self) -> Counter:
+        """Rejected chains counted by reason."""
+        return Counter(s.reason for s in self.skipped)
+
+    # ---------------------------------------------------------------- items
+    def view(self, i: int) -> ProteinView:
+        it = self.items[i]
+        g = it["graph"]
+        data = None
+        if g is not None:
+            data = Data(
+                x=g["x"],
+                pos=g["pos"],
+                residue_pos=g["seq_index"],
+                edge_index=g["edge_index"],
+                edge_type=g["edge_type"],
+                num_nodes=g["x"].shape[0],
+            )
+        return ProteinView(it["id"], it["sequence"], data)
+
+    def limit(self, v: ProteinView, rng: random.Random | None) -> ProteinView:
+        """At most `max_residues` sequence positions: a random window (rng) or the first one (None)."""
+        if len(v.sequence) <= self.max_residues:
+            return v
+        return crop_view(v, self.max_residues, rng if rng is not None else _First())
+
+    def label_vector(self, i: int) -> torch.Tensor | None:
+        if self.mode != "function":
+            return None
+        y = torch.zeros(len(self.label_names))
+        for lab in self.items[i]["labels"]:
+            y[self._label_index[lab]] = 1.0
+        return y
+
+    # ---------------------------------------------------------------- batches
+    def _batch(
+        self, views: list[ProteinView], labels: list[torch.Tensor | None] | None = None
+    ) -> ProteinBatch:
+        if not hasattr(self, "_converter"):
+            self._converter = esm_alphabet().get_batch_converter()
+        _, _, tokens = self._converter([(v.id, v.sequence) for v in views])
+        graph = None
+        if all(v.graph is not None for v in views):
+            graph = Batch.from_data_list([v.graph for v in views])
+        y = None
+        if labels is not None and all(t is not None for t in labels):
+            y = torch.stack(labels)
+        return ProteinBatch([v.id for v in views], tokens, graph, y)
+
+    def collate_pairs(self, items: list[tuple[ProteinView, ProteinView, str]]) -> ProteinPairBatch:
+        return ProteinPairBatch(
+            self._batch([a for a, _, _ in items]),
+            self._batch([b for _, b, _ in items]),
+            [s for _, _, s in items],
+        )
+
+    def collate_single(self, items: list[tuple[ProteinView, torch.Tensor | None]]) -> ProteinBatch:
+        return self._batch([v for v, _ in items], [y for _, y in items])
+
+    def _loader(self, indices: list[int], train: bool, pairs: bool) -> DataLoader:
+        return DataLoader(
+            _Items(self, indices, train, pairs),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and pairs and len(indices) > self.batch_size,  # InfoNCE wants full batches
+            num_workers=self.num_workers,
+            collate_fn=self.collate_pairs if pairs else self.collate_single,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_idx, True, self.mode == "pretrain")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_idx, False, self.mode == "pretrain")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_idx, False, self.mode == "pretrain")
+
+    def predict_dataloader(self) -> DataLoader:
+        """All chains, one view each (no cropping beyond max_residues), in `sample_ids()` order."""
+        return self._loader(list(range(len(self.items))), False, False)
+
+    def sample_ids(self) -> list[str]:
+        """Ids ('<file name>:<chain>', or FASTA ids) in predict_dataloader order."""
+        return [it["id"] for it in self.items]
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Data-derived model arguments: residue vocabulary, relations, label count (function mode)."""
+        kw: dict[str, Any] = {
+            "num_residue_types": NUM_RESIDUE_TYPES,
+            "num_relations": self.settings.num_relations,
+        }
+        if self.mode == "function":
+            kw["num_labels"] = len(self.label_names)
+        return kw
+
+
+class _First:
+    """A stand-in RNG that always picks the first window (deterministic evaluation crops)."""
+
+    def randrange(self, n: int) -> int:
+        return 0
