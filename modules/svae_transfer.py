@@ -49,7 +49,7 @@ def retrain_with_frozen_masks(model: SVAE, datamodule: Any, epochs: int, lr: flo
             opt.zero_grad()
             out["loss"].backward()
             opt.step()
-            total += float((out["nll"] + out["kl"]).sum())
+            total += float((out["nll"] + out["kl"]).detach().sum())
             count += len(batch["x"])
         logger.info("transfer stage 2, epoch %d: train -ELBO per cell %.3f", epoch, total / max(count, 1))
     return model
