@@ -145,7 +145,7 @@ class SVAE(pl.LightningModule):
         n_layers: int = 2,
         dropout: float = 0.1,
         beta: float = 1.0,
-        sparsity: float = 10.0,
+        sparsity: float = 30.0,
         mask_logit_init: float = 5.0,
         gumbel_temperature: float = 1.0,
         lr: float = 1e-3,

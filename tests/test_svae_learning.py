@@ -3,10 +3,10 @@ helps."""
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
 from plexlab.datamodules.perturbation import PerturbationDataModule
 from plexlab.modules.svae import SVAE, mean_correlation_coefficient
-from plexlab.modules.svae_transfer import run_transfer
 
 TINY_DATA = dict(
     simulate=True,
@@ -55,7 +55,7 @@ def _fit(variant: str, epochs: int, **data):
     return model, dm, trainer, losses.epoch_losses
 
 
-def test_tiny_run_learns_recovers_latents_and_transfers():
+def test_tiny_run_learns_recovers_latents_and_transfers(tmp_path):
     model, dm, trainer, losses = _fit("svae+", 12, n_heldout=3)
     assert losses[-1] < 0.95 * losses[0]
     metrics = trainer.callback_metrics
@@ -73,7 +73,9 @@ def test_tiny_run_learns_recovers_latents_and_transfers():
 
     # transfer to the 3 held-out perturbations
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    table = run_transfer(model, dm)
+    model.export_artifacts(dm, tmp_path)  # runs the transfer, writes the table and the mask plot
+    assert (tmp_path / "masks.png").stat().st_size > 0 and (tmp_path / "transfer_summary.csv").exists()
+    table = pd.read_csv(tmp_path / "transfer_elbo.csv")
     assert len(table) == 3 and set(table.perturbation) == set(dm.heldout_perturbations)
     # fitting the held-out shifts helps on average (a single tiny perturbation can go either way by noise)
     assert table.elbo_after.mean() > table.elbo_before.mean()
