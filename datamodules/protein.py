@@ -16,6 +16,7 @@ cropped to a window (random in training, the first window in evaluation), as in 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import random
 from collections import Counter
@@ -53,13 +54,15 @@ class ProteinBatch:
     """A batch of proteins: ESM tokens [B, L+2] (BOS, residues, EOS, padding) and a PyG batch of graphs.
 
     `graph.residue_pos` is each node's position in its sequence; its token is at `residue_pos + 1`.
-    `labels` is [B, num_labels] float in function mode.
+    `labels` is [B, num_labels] float in function mode. `groups` names each protein's full sequence: equal
+    groups are the same protein (PDB and mmCIF copies, identical chains), so not negatives of each other.
     """
 
     ids: list[str]
     tokens: torch.Tensor
     graph: Batch | None
     labels: torch.Tensor | None = None
+    groups: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -349,7 +352,11 @@ class ProteinDataModule(pl.LightningDataModule):
         y = None
         if labels is not None and all(t is not None for t in labels):
             y = torch.stack(labels)
-        return ProteinBatch([v.id for v in views], tokens, graph, y)
+        if not hasattr(self, "_group"):
+            self._group = {
+                it["id"]: hashlib.sha1(it["sequence"].encode()).hexdigest()[:16] for it in self.items
+            }
+        return ProteinBatch([v.id for v in views], tokens, graph, y, [self._group[v.id] for v in views])
 
     def collate_pairs(self, items: list[tuple[ProteinView, ProteinView, str]]) -> ProteinPairBatch:
         return ProteinPairBatch(
