@@ -237,7 +237,11 @@ class ProteinDataModule(pl.LightningDataModule):
                     self.items.append({**g, "graph": g})
         self._attach_labels()
         if not self.items:
-            raise DataError(self.path or self.chains_file or self.fasta_file, "no usable protein chain")
+            why = f"; first rejection: {self.skipped[0]}" if self.skipped else ""
+            raise DataError(
+                self.path or self.chains_file or self.fasta_file,
+                f"no usable protein chain ({len(self.skipped)} rejected{why})",
+            )
         self.items.sort(key=lambda it: it["id"])
         self._split()
         self.sampler = ViewSampler(

@@ -122,6 +122,14 @@ def _load(path: Path):
         raise DataError(path, "empty file")
     text = data.decode("latin-1")
     lower = path.name.lower().removesuffix(".gz")
+    if not lower.endswith((".cif", ".mmcif")):
+        lines = text.rstrip("\n").splitlines()
+        last = lines[-1] if lines else ""
+        prev = next((ln for ln in reversed(lines[:-1]) if ln.startswith(("ATOM", "HETATM"))), "")
+        cut = len(last.rstrip()) < 54 or (not text.endswith("\n") and len(last) < len(prev.rstrip("\r")))
+        if last.startswith(("ATOM", "HETATM")) and cut:
+            # a coordinate record cut short: the file was truncated (gemmi would silently keep the rest)
+            raise DataError(path, f"truncated: line {len(lines)} is an incomplete {last[:6].strip()} record")
     try:
         if lower.endswith((".cif", ".mmcif")):
             doc = gemmi.cif.read_string(text)
