@@ -258,11 +258,14 @@ class E2(pl.LightningModule):
             dim=1,
         )
         if return_details:
-            return glob, regional, {"choices": choices, "lengths": lengths, "final_tokens": x.shape[1]}
+            return glob, regional, {"choices": choices, "lengths": lengths, "hidden": x}
         return glob, regional
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """CLIP text features ``[N, P]`` (EOS pooling + CLIP's text projection), not normalised."""
+        # Drop all-padding columns (right padding, causal attention, EOS pooling: same result, less work).
+        length = max(1, int(attention_mask.sum(dim=1).max()))
+        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
     def embed(self, batch: ImageTextBatch) -> torch.Tensor:
