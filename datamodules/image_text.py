@@ -357,9 +357,10 @@ class ImageTextDataModule(pl.LightningDataModule):
                 out[s].append(i)
             return out
         perm = np.random.default_rng(self.seed).permutation(n_images).tolist()
-        n_val = round(self.val_fraction * n_images)
-        n_test = round(self.test_fraction * n_images)
-        if n_images - n_val - n_test < 2 or (self.val_fraction > 0 and n_val < 2):
+        # At least two images in a non-empty evaluation split (retrieval among one candidate is meaningless).
+        n_val = max(2, round(self.val_fraction * n_images)) if self.val_fraction > 0 else 0
+        n_test = max(2, round(self.test_fraction * n_images)) if self.test_fraction > 0 else 0
+        if n_images - n_val - n_test < 2:
             raise DataError(self.captions_file, f"{n_images} images are too few to split")
         return {
             "val": sorted(perm[:n_val]),

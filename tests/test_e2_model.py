@@ -184,3 +184,15 @@ def test_tiny_run_learns_flickr_subset(shared_data: Path) -> None:
     chance = 10 / len(dm.splits["train"])  # 32 images, 160 captions: recall@10 by chance ~0.31
     assert after["val/loss"] < 0.7 * before["val/loss"]
     assert after["val/t2i_r10"] > 2 * chance and after["val/i2t_r10"] > 1.5 * chance
+
+
+def test_embed_over_predict_loader_is_deterministic(tmp_path: Path) -> None:
+    dm = ImageTextDataModule(str(_synthetic(tmp_path, n=10)), image_size=32, max_text_length=12, batch_size=4)
+    dm.setup("predict")
+    torch.manual_seed(0)
+    model = E2(**dm.model_kwargs(), **TINY).eval()
+    rows = torch.cat(_trainer(1).predict(model, dm))
+    assert rows.shape == (len(dm.sample_ids()), 32) == (10, 32)
+    assert torch.allclose(rows.norm(dim=1), torch.ones(10), atol=1e-5)
+    again = torch.cat([model.embed(b) for b in dm.predict_dataloader()])
+    assert torch.allclose(rows, again, atol=1e-6)  # eval mode: arg-max selection, no Gumbel noise
