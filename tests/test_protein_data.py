@@ -17,6 +17,15 @@ from plexlab.datamodules.protein_reader import Scop2Index, read_fasta, read_labe
 from plexlab.datamodules.protein_views import ProteinView, ViewSampler, crop_view
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: intra-op threads only contend (measured 50x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def atom(serial, name, resn, chain, resi, xyz, altloc=" ", icode=" ", het=False, elem="C"):
     rec = "HETATM" if het else "ATOM  "
     x, y, z = xyz
