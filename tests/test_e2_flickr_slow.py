@@ -22,13 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
 
 
-def run_flickr(overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    """Fit on the experiment file's settings, test the last epoch; returns the test metrics."""
+def run_flickr(overrides: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, float]:
+    """Fit on the experiment file's settings (model overrides, training seed), test the last epoch."""
     cfg = yaml.safe_load((ROOT / "sweeps" / "e2_flickr8k.yaml").read_text())
     model_args = {k: v for k, v in cfg["model"].items() if k != "name"} | (overrides or {})
     data_args = {k: v for k, v in cfg["data"].items() if k != "name"}
     data_args["path"] = str((ROOT / data_args["path"]).resolve())
-    pl.seed_everything(cfg["seed"])
+    pl.seed_everything(cfg["seed"] if seed is None else seed)
     dm = ImageTextDataModule(**data_args)
     dm.setup("fit")
     model = E2(**dm.model_kwargs(), **model_args)

@@ -155,7 +155,26 @@ def test_two_stage_training_freezes_clip_in_stage_one(tmp_path: Path) -> None:
         model = E2(**dm.model_kwargs(), **TINY, stage1_epochs=1)
         clip0 = {n: p.detach().clone() for n, p in model.clip.named_parameters()}
         new0 = [p.detach().clone() for p in model.new_parameters()]
-        _trainer(epochs).fit(model, dm)
+        lrs: list[tuple[int, list[float]]] = []
+
+        class RecordLR(pl.Callback):
+            def __init__(self, out: list[tuple[int, list[float]]]) -> None:
+                self.out = out
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+                self.out.append(
+                    (trainer.current_epoch, [g["lr"] for g in trainer.optimizers[0].param_groups])
+                )
+
+        trainer = _trainer(epochs)
+        trainer.callbacks.append(RecordLR(lrs))
+        trainer.fit(model, dm)
+        # groups: new (decay, no decay), CLIP (decay, no decay); stage 1 = epoch 0
+        for epoch, (new_lr, _, clip_lr, _) in lrs:
+            if epoch == 0:
+                assert clip_lr == 0.0 and 0 < new_lr <= model.hparams.lr_stage1
+            else:
+                assert 0 < clip_lr <= model.hparams.lr_stage2 and 0 < new_lr <= model.hparams.lr_stage2
         clip_changed = any(not torch.equal(clip0[n], p) for n, p in model.clip.named_parameters())
         new_changed = any(not torch.equal(a, b) for a, b in zip(new0, model.new_parameters(), strict=True))
         assert new_changed
