@@ -8,6 +8,9 @@ rejected the same way. Labels: `labels_file` TSV (see `read_labels`), its `label
 terms) in `function` mode; families from its `family`/`superfamily` columns (or `scop2_family`/
 `scop2_superfamily`) or from `scop2_dir` (SCOP2 + SIFTS).
 
+Featurized graphs are cached on disk in `cache_dir` (default `$XDG_CACHE_HOME/plexlab/protein_graphs`, i.e.
+`~/.cache/plexlab/protein_graphs`), keyed by file content and featurizer settings.
+
 Splits are drawn once from `seed`, grouping chains by PDB id so copies of one entry (PDB and mmCIF files,
 chains of a homo-oligomer) never straddle train and validation. Proteins longer than `max_residues` are
 cropped to a window (random in training, the first window in evaluation), as in the reference setup.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -143,13 +147,16 @@ class ProteinDataModule(pl.LightningDataModule):
                 raise DataError("data.views", str(exc)) from exc
         self.path, self.chains_file, self.fasta_file = path, chains_file, fasta_file
         self.labels_file, self.scop2_dir = labels_file, scop2_dir
-        self.cache_dir = cache_dir
         self.mode, self.label_column = mode, label_column
         self.crop_length, self.fallback_view = crop_length, fallback_view
         self.max_residues = max_residues
         self.settings = GraphSettings(max_offset, radius, knn, min_seq_sep, min_residues)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.num_workers, self.seed, self.strict = batch_size, num_workers, seed, strict
+        if cache_dir is None:  # graphs are always cached on disk; default: the user's cache folder
+            base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            cache_dir = str(Path(base) / "plexlab" / "protein_graphs")
+        self.cache_dir = cache_dir
         self.cache = GraphCache(cache_dir, self.settings)
         self._ready = False
 

@@ -133,10 +133,10 @@ def test_structure_without_calpha(tmp_path):
     recs, skips = read_structure(f)
     assert recs == [] and skips[0].reason == "no C-alpha"
     with pytest.raises(DataError, match=r"noca\.pdb.*no C-alpha") as exc:
-        ProteinDataModule(path=str(f), strict=True).setup("fit")
+        ProteinDataModule(path=str(f), strict=True, cache_dir=str(tmp_path / "c")).setup("fit")
     assert "\n" not in str(exc.value)
     with pytest.raises(DataError, match=r"noca\.pdb.*no usable protein chain.*no C-alpha"):
-        ProteinDataModule(path=str(f)).setup("fit")
+        ProteinDataModule(path=str(f), cache_dir=str(tmp_path / "c")).setup("fit")
 
 
 def test_fasta_and_labels(tmp_path):
