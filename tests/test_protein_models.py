@@ -263,3 +263,14 @@ def test_series_fusion_and_sequence_only_embed(tmp_path):
     model = ProteinMMCL(**TINY)
     seq_only = ProteinBatch(["a", "b"], _tokens(seqs), None)
     assert model.embed(seq_only).shape == (2, 32)
+
+
+def test_fasta_sequence_only_embedding(tmp_path):
+    f = tmp_path / "seqs.fasta"
+    f.write_text(">2RQ6-A\nMVMTVRVIAPDKTVWDAPAEEV\n>1ABC-B\nGGWACKLM\n>3XYZ-C\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    dm = ProteinDataModule(fasta_file=str(f), cache_dir=str(tmp_path / "c"), batch_size=2)
+    dm.setup("fit")
+    model = ProteinMMCL(**dm.model_kwargs(), **TINY).eval()
+    with torch.no_grad():
+        rows = torch.cat([model.embed(b) for b in dm.predict_dataloader()])
+    assert dm.sample_ids() == ["1ABC-B", "2RQ6-A", "3XYZ-C"] and rows.shape == (3, 32)
