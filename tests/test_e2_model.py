@@ -215,3 +215,35 @@ def test_embed_over_predict_loader_is_deterministic(tmp_path: Path) -> None:
     assert torch.allclose(rows.norm(dim=1), torch.ones(10), atol=1e-5)
     again = torch.cat([model.embed(b) for b in dm.predict_dataloader()])
     assert torch.allclose(rows, again, atol=1e-6)  # eval mode: arg-max selection, no Gumbel noise
+
+
+def test_local_pretrained_tokenizer_path(tmp_path: Path) -> None:
+    """tokenizer_path: a local transformers CLIP (BPE) tokenizer, here a toy one written offline."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    chars = list("abcdefghijklmnopqrstuvwxyz.")
+    vocab = {
+        c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])
+    }
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(
+        tmp_path / "tok"
+    )
+    dm = ImageTextDataModule(
+        str(_synthetic(tmp_path / "data", n=10)),
+        image_size=32,
+        max_text_length=40,
+        batch_size=4,
+        tokenizer_path=str(tmp_path / "tok"),
+    )
+    dm.setup("fit")
+    kw = dm.model_kwargs()
+    assert (kw["vocab_size"], kw["bos_token_id"], kw["eos_token_id"]) == (56, 54, 55)
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.all(batch.input_ids[:, 0] == 54) and torch.all((batch.input_ids == 55).any(dim=1))
+    torch.manual_seed(0)
+    out = E2(**kw, **TINY).compute_loss(batch)
+    assert torch.isfinite(out["loss"]) and out["loss_regional"] > 0
