@@ -96,6 +96,8 @@ class SingleCellDataModule(pl.LightningDataModule):
         counts_required: modalities whose matrix must be non-negative integer counts (default: those with a
             transform other than `none`, and the library modality when the library size is computed).
         n_top_features: per modality, keep only the features of highest variance after the transform.
+        feature_group_key: per modality, a var column (e.g. chromosome) that groups the features; the
+            features are ordered group by group and the group sizes go to the model (`feature_groups`).
         pca_components: per modality, add PCA coordinates of the transformed features (`batch.pca[mod]`).
         cell_type_key, batch_key, library_size_key: obs columns (`<modality>:<column>` for a MuData modality's
             own obs). Without `library_size_key` the library size is the total count of `library_modality`
@@ -117,6 +119,7 @@ class SingleCellDataModule(pl.LightningDataModule):
         transforms: dict[str, Transform] | None = None,
         counts_required: list[str] | None = None,
         n_top_features: dict[str, int] | None = None,
+        feature_group_key: dict[str, str] | None = None,
         pca_components: dict[str, int] | None = None,
         cell_type_key: str | None = None,
         batch_key: str | None = None,
@@ -142,6 +145,7 @@ class SingleCellDataModule(pl.LightningDataModule):
         self.transforms = dict(transforms or {})
         self.counts_required = counts_required
         self.n_top_features = dict(n_top_features or {})
+        self.feature_group_key = dict(feature_group_key or {})
         self.pca_components = dict(pca_components or {})
         self.cell_type_key = cell_type_key
         self.batch_key = batch_key
@@ -282,8 +286,24 @@ class SingleCellDataModule(pl.LightningDataModule):
                 self.columns[m] = np.sort(top)
             else:
                 self.columns[m] = None
+            self._group_features(f, m)
         loglib = np.log(self.library_size)
         self.library = ((loglib - loglib.mean()) / max(loglib.std(), 1e-8)).astype(np.float32)
+
+    def _group_features(self, f: SingleCellFile, m: str) -> None:
+        """Order the kept features of `m` by a var column (e.g. chromosome) so each group is one block."""
+        key = self.feature_group_key.get(m)
+        if not hasattr(self, "feature_groups"):
+            self.feature_groups: dict[str, list[int]] = {}
+        if key is None:
+            return
+        col = f.var_column(m, key)
+        kept = self.columns[m] if self.columns[m] is not None else np.arange(len(col))
+        values = col.to_numpy()[kept].astype(str)
+        cats, codes = np.unique(values, return_inverse=True)  # groups in sorted name order
+        order = np.argsort(codes, kind="stable")
+        self.columns[m] = kept[order]
+        self.feature_groups[m] = [int(c) for c in np.bincount(codes, minlength=len(cats))]
 
     def _pca(self, f: SingleCellFile) -> None:
         from sklearn.decomposition import PCA, IncrementalPCA
@@ -428,6 +448,7 @@ class SingleCellDataModule(pl.LightningDataModule):
             "n_batches": len(self.batch_names),
             "n_classes": len(self.label_names),
             "pca_dims": {m: int(p.shape[1]) for m, p in self.pca.items()},
+            "feature_groups": dict(self.feature_groups),
         }
 
     def write_embedding(self, embedding: np.ndarray | torch.Tensor, out_path: str | Path, model: str) -> Path:

@@ -315,6 +315,20 @@ class SingleCellFile:
         cols = [c for c in cols if c != "_index"]
         raise DataError(self.path, f"obs key {key!r} not found (obs columns: {cols[:20]})")
 
+    def var_column(self, mod: str, key: str) -> pd.Series:
+        """A var (feature) column of a modality, in the matrix's column order."""
+        group = f"mod/{mod}/var" if self.is_mudata else ("var" if mod == "X" else "")
+        if not group or group not in self.h5 or key not in self.h5[group]:
+            have = []
+            if group and group in self.h5:
+                have = sorted(k for k in self.h5[group].keys() if k != "_index")
+            raise DataError(
+                self.path,
+                f"var key {key!r} not found for modality {mod!r} (var columns: {have[:20]})",
+            )
+        values = read_elem(self.h5[group][key])
+        return pd.Series(values if isinstance(values, pd.Categorical) else np.asarray(values))
+
     def _mod_order(self, mod: str) -> np.ndarray | None:
         names = self._index(f"mod/{mod}/obs")
         if np.array_equal(names, self.cell_names):
