@@ -222,6 +222,7 @@ class UnitedNet(pl.LightningModule):
         shap_cells: int = 100,
         shap_background: int = 50,
         shap_targets: int = 10,
+        shap_samples: int = 64,
         leiden_resolution: float = 1.0,
     ) -> None:
         super().__init__()

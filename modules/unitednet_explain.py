@@ -56,12 +56,14 @@ def _as_array(values: Any, n_out: int) -> np.ndarray:
     return arr if arr.ndim == 3 else arr[..., None].repeat(n_out, axis=-1)
 
 
-def shap_values(model: nn.Module, background: torch.Tensor, cells: torch.Tensor, n_out: int) -> np.ndarray:
+def shap_values(
+    model: nn.Module, background: torch.Tensor, cells: torch.Tensor, n_out: int, nsamples: int = 64
+) -> np.ndarray:
     """SHAP values (cells x features x outputs) by expected gradients."""
     import shap
 
     explainer = shap.GradientExplainer(model, background)
-    return _as_array(explainer.shap_values(cells, nsamples=64, rseed=0), n_out)
+    return _as_array(explainer.shap_values(cells, nsamples=nsamples, rseed=0), n_out)
 
 
 def _heatmap(table: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path) -> None:
@@ -112,7 +114,7 @@ def explain(net: Any, dm: Any, out_dir: Path, top: int = 20) -> list[Path]:
         gm = _GroupModel(net, dims)
         with torch.no_grad():
             pred = gm(xe).argmax(1).cpu().numpy()
-        sv = np.abs(shap_values(gm, xb, xe, net.n_groups))
+        sv = np.abs(shap_values(gm, xb, xe, net.n_groups, hp.shap_samples))
         names = [f for m in net.mods for f in feats[m]]
         table = np.stack(
             [
@@ -137,7 +139,7 @@ def explain(net: Any, dm: Any, out_dir: Path, top: int = 20) -> list[Path]:
             var = ex.x[b].var(0).numpy()
             targets = np.sort(np.argsort(-var, kind="stable")[: hp.shap_targets])
             tm = _TranslationModel(net, a, b, targets).to(device)
-            sv = np.abs(shap_values(tm, bg.x[a].to(device), ex.x[a].to(device), len(targets))).mean(0)
+            sv = np.abs(shap_values(tm, bg.x[a].to(device), ex.x[a].to(device), len(targets), hp.shap_samples)).mean(0)
             tcols = [feats[b][t] for t in targets]
             path = out_dir / f"unitednet_shap_{a}_to_{b}.tsv"
             _write_table(path, "feature", feats[a], tcols, sv)
