@@ -139,7 +139,8 @@ def explain(net: Any, dm: Any, out_dir: Path, top: int = 20) -> list[Path]:
             var = ex.x[b].var(0).numpy()
             targets = np.sort(np.argsort(-var, kind="stable")[: hp.shap_targets])
             tm = _TranslationModel(net, a, b, targets).to(device)
-            sv = np.abs(shap_values(tm, bg.x[a].to(device), ex.x[a].to(device), len(targets), hp.shap_samples)).mean(0)
+            sv = shap_values(tm, bg.x[a].to(device), ex.x[a].to(device), len(targets), hp.shap_samples)
+            sv = np.abs(sv).mean(0)
             tcols = [feats[b][t] for t in targets]
             path = out_dir / f"unitednet_shap_{a}_to_{b}.tsv"
             _write_table(path, "feature", feats[a], tcols, sv)

@@ -1,4 +1,4 @@
-"""SingleCellDataModule: validation of bad AnnData/MuData input, backed == in-memory batches, splits, write-back."""
+"""SingleCellDataModule: bad AnnData/MuData input, backed == in-memory batches, splits, write-back."""
 
 from __future__ import annotations
 
