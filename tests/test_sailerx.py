@@ -1,4 +1,4 @@
-"""SAILERX: each loss term against a hand-computed value; a tiny model trains, embeds and decays its LR per epoch."""
+"""SAILERX: each loss term against a hand-computed value; a tiny model trains, embeds, decays its LR."""
 
 from __future__ import annotations
 
