@@ -1,13 +1,10 @@
 """SingleCellDataModule: AnnData (`.h5ad`) and MuData (`.h5mu`) cells for the single-cell models.
 
 One batch is a `SingleCellBatch`: per modality a dense float32 block of the batch's cells (the file's
-matrices stay
-sparse; only the batch is densified), plus library size, batch (technical) covariate, cell-type label,
-optional
-per-modality PCA coordinates and a paired mask. Batches are read as a whole: the sampler draws a batch of cell
-indices, the dataset reads them sorted in one call, so backed mode (`backed: true`, for files larger than
-memory)
-reads the same batches as in-memory mode, only from disk.
+matrices stay sparse; only the batch is densified), plus library size, batch (technical) covariate,
+cell-type label, optional per-modality PCA coordinates and a paired mask. Batches are read as a whole: the
+sampler draws a batch of cell indices, the dataset reads them sorted in one call, so backed mode
+(`backed: true`, for files larger than memory) reads the same batches as in-memory mode, only from disk.
 """
 
 from __future__ import annotations

@@ -1,21 +1,17 @@
-"""Row readers for AnnData (`.h5ad`) and MuData (`.h5mu`) files, in memory or backed, with up-front
-validation.
+"""Row readers for AnnData (`.h5ad`) and MuData (`.h5mu`) files, in memory or backed, validated up front.
 
-The files are read through `h5py` and `anndata.io` element readers rather than `anndata.read_h5ad`, so one
-code
-path serves both formats, every layer and every `obsm` matrix, in memory or backed:
+The files are read through `h5py` and `anndata.io` element readers rather than `anndata.read_h5ad`, so
+one code path serves both formats, every layer and every `obsm` matrix, in memory or backed:
 
-- in memory: each selected matrix is loaded once as it is stored (scipy CSR/CSC stays sparse, dense stays
-dense);
-  a batch densifies only its own rows.
-- backed: nothing but the obs tables is loaded; a batch reads its rows from the HDF5 file in one call, with
-the
-  row indices sorted and de-duplicated (one read per batch instead of one per cell), then restores the order.
+- in memory: each selected matrix is loaded once as it is stored (scipy CSR/CSC stays sparse, dense
+  stays dense); a batch densifies only its own rows.
+- backed: nothing but the obs tables is loaded; a batch reads its rows from the HDF5 file in one call,
+  with the row indices sorted and de-duplicated (one read per batch, not one per cell), then restores
+  the order.
 
 A modality of an `.h5mu` file is `mod/<name>`; of an `.h5ad` file, `X` is the main matrix and any other
-name is an
-`obsm` key (e.g. the protein counts of an scvi-style CITE-seq `.h5ad`). Every problem found is a one-line
-`DataError` naming the file and the key.
+name is an `obsm` key (e.g. the protein counts of an scvi-style CITE-seq `.h5ad`). Every problem found is
+a one-line `DataError` naming the file and the key.
 """
 
 from __future__ import annotations

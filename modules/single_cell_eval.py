@@ -46,7 +46,7 @@ def cluster_metrics(
 ) -> dict[str, float]:
     """ARI and NMI of Leiden clusters against `labels`, and the silhouette of the labels in the embedding.
 
-    Cells with a negative label (unknown) are left out. The silhouette is the cosine-free euclidean one of
+    Cells with a negative label (unknown) are left out. The silhouette is the euclidean one of
     scikit-learn, rescaled to [0, 1] as in scIB ((s + 1) / 2).
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
