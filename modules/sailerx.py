@@ -163,6 +163,8 @@ class SAILERX(pl.LightningModule):
         self.fc_logvar = nn.Linear(width, latent_dim)
         self.dec_in = _block([latent_dim + self.n_cov, width])
         rev = hidden[::-1]
+        # each group decoder sees the covariates again, so depth need not pass through the latent
+        rev = [rev[0] + self.n_cov, *rev[1:]]
         self.decoders = nn.ModuleList(
             [
                 nn.Sequential(_block(rev), nn.Linear(rev[-1], g)) if len(rev) > 1 else nn.Linear(rev[0], g)
@@ -188,7 +190,9 @@ class SAILERX(pl.LightningModule):
     def decode(self, z: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         h = self.dec_in(torch.cat([z, cov], dim=1))
         parts = torch.split(h, self.group_width, dim=1)
-        return torch.cat([dec(p) for dec, p in zip(self.decoders, parts, strict=True)], dim=1)
+        return torch.cat(
+            [dec(torch.cat([p, cov], dim=1)) for dec, p in zip(self.decoders, parts, strict=True)], dim=1
+        )
 
     def target(self, batch: SingleCellBatch) -> torch.Tensor:
         return (batch.x[self.enc_mod] > 0).to(self.dtype)
