@@ -63,7 +63,7 @@ def compare(path: Path, epochs: int = 200, weights: tuple[float, ...] = (0.0, 1.
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="measured 2026-11-23: the invariance term RAISED leakage here (CV R^2 0.37 -> 0.64); see the report",
+    reason="measured 2026-11-23: the invariance term raised leakage here (CV R^2 0.37 -> 0.64)",
 )
 def test_invariance_lowers_library_leakage(shared_data: Path) -> None:
     res = compare(shared_data / "single_cell" / "citeseq_citefuse_500cells.h5mu")

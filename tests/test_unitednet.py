@@ -1,4 +1,4 @@
-"""UnitedNet: loss terms against hand-computed values; a tiny model learns cross-modal prediction; SHAP artifacts."""
+"""UnitedNet: loss terms by hand; a tiny model learns cross-modal prediction; SHAP artifacts."""
 
 from __future__ import annotations
 
