@@ -1,0 +1,216 @@
+"""Hypergraph node classification: the HyperGCN / AllSet benchmark format, read and validated.
+
+A data set folder holds `hyperedges.json` ({"hyperedges": [[node ids], ...]}), `features.npz` (scipy CSR),
+`labels.npy` (int64, one per node) and `splits.json` (a list of {"train": [...], "test": [...]} and optionally
+"val"). The whole graph is one batch (full-batch training, as in the papers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import scipy.sparse as sp
+import torch
+from plexlab.datamodules.errors import DataError
+from torch.utils.data import DataLoader
+
+
+@dataclass(frozen=True)
+class Hypergraph:
+    """A hypergraph as node features plus its vertex-hyperedge incidences (star expansion, COO pairs)."""
+
+    x: torch.Tensor  # [num_nodes, num_features] float
+    node_idx: torch.Tensor  # [num_incidences] long: incidence k joins node node_idx[k] ...
+    edge_idx: torch.Tensor  # ... to hyperedge edge_idx[k]
+    num_edges: int
+
+    @property
+    def num_nodes(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: torch.device | str) -> Hypergraph:
+        return replace(
+            self, x=self.x.to(device), node_idx=self.node_idx.to(device), edge_idx=self.edge_idx.to(device)
+        )
+
+
+@dataclass(frozen=True)
+class NodeBatch:
+    """The full graph with labels and the split masks: one batch per epoch."""
+
+    graph: Hypergraph
+    y: torch.Tensor
+    train_mask: torch.Tensor
+    val_mask: torch.Tensor
+    test_mask: torch.Tensor
+
+
+def read_hyperedges(path: Path, num_nodes: int) -> list[list[int]]:
+    """Read and validate hyperedges.json: every node id in range, no empty hyperedge."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read hyperedges: {exc}") from None
+    edges = raw.get("hyperedges") if isinstance(raw, dict) else None
+    if not isinstance(edges, list):
+        raise DataError(path, 'expected {"hyperedges": [[node ids], ...]}')
+    for i, edge in enumerate(edges):
+        if not isinstance(edge, list) or not edge:
+            raise DataError(path, f"hyperedge {i}: must be a non-empty list of node ids")
+        for node in edge:
+            if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < num_nodes:
+                raise DataError(path, f"hyperedge {i}: node {node!r} is not an id in [0, {num_nodes})")
+    return edges
+
+
+def read_features(path: Path) -> np.ndarray:
+    """Read features.npz (scipy sparse) or features.npy (dense) as a float32 array without NaN."""
+    try:
+        mat = sp.load_npz(path).toarray() if path.suffix == ".npz" else np.load(path, allow_pickle=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(path, f"cannot read features: {exc}") from None
+    if mat.ndim != 2:
+        raise DataError(path, f"features must be a 2-D matrix, got shape {mat.shape}")
+    if not np.isfinite(mat).all():
+        row = int(np.argwhere(~np.isfinite(mat))[0, 0])
+        raise DataError(path, f"node {row}: features contain NaN or infinity")
+    return mat.astype(np.float32)
+
+
+def read_labels(path: Path, num_nodes: int) -> np.ndarray:
+    """Read labels.npy: one non-negative integer per node."""
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read labels: {exc}") from None
+    if labels.ndim != 1 or labels.shape[0] != num_nodes:
+        raise DataError(path, f"expected {num_nodes} labels (one per node), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise DataError(path, "labels must be non-negative integers")
+    return labels.astype(np.int64)
+
+
+def read_split(path: Path, index: int, num_nodes: int) -> dict[str, np.ndarray]:
+    """Read split `index` of splits.json and check that its parts are in range and disjoint."""
+    try:
+        splits = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read splits: {exc}") from None
+    if not isinstance(splits, list) or not splits:
+        raise DataError(path, 'expected a list of {"train": [...], "test": [...]}')
+    if not 0 <= index < len(splits):
+        raise DataError(path, f"split {index} does not exist; the file has {len(splits)} splits")
+    split = splits[index]
+    if not isinstance(split, dict) or "train" not in split or "test" not in split:
+        raise DataError(path, f"split {index}: needs 'train' and 'test' node lists")
+    parts = {}
+    for name, ids in split.items():
+        arr = np.asarray(ids)
+        in_range = arr.size == 0 or (
+            np.issubdtype(arr.dtype, np.integer) and 0 <= arr.min() and arr.max() < num_nodes
+        )
+        if arr.ndim != 1 or not in_range:
+            raise DataError(path, f"split {index}: {name} holds ids outside [0, {num_nodes})")
+        if np.unique(arr).size != arr.size:
+            raise DataError(path, f"split {index}: {name} lists a node twice")
+        parts[name] = arr.astype(np.int64)
+    names = list(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = np.intersect1d(parts[a], parts[b])
+            if common.size:
+                raise DataError(path, f"split {index}: node {int(common[0])} is in both {a} and {b}")
+    return parts
+
+
+def incidences(edges: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Star expansion of hyperedges: (node_idx, edge_idx) pairs, duplicates within a hyperedge removed."""
+    nodes, owners = [], []
+    for e, edge in enumerate(edges):
+        members = sorted(set(edge))
+        nodes.extend(members)
+        owners.extend([e] * len(members))
+    return torch.tensor(nodes, dtype=torch.long), torch.tensor(owners, dtype=torch.long)
+
+
+class HypergraphDataModule(pl.LightningDataModule):
+    """Full-batch hypergraph node classification on one of the benchmark's fixed splits.
+
+    The HyperGCN splits hold train and test nodes only. A validation set (for model selection and early
+    stopping) is drawn from the non-training nodes with `val_fraction` and `seed`, so test accuracy is
+    reported on nodes never used for selection; a split that lists "val" nodes itself is used as given.
+    """
+
+    def __init__(self, path: str, split: int = 0, val_fraction: float = 0.2, seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(path, f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+        self.path = Path(path)
+        self.batch: NodeBatch | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.batch is not None:
+            return
+        folder = self.path
+        if not folder.is_dir():
+            raise DataError(
+                folder, "not a folder with hyperedges.json, features.npz, labels.npy, splits.json"
+            )
+        feature_file = (
+            folder / "features.npz" if (folder / "features.npz").exists() else folder / "features.npy"
+        )
+        x = read_features(feature_file)
+        n = x.shape[0]
+        labels = read_labels(folder / "labels.npy", n)
+        edges = read_hyperedges(folder / "hyperedges.json", n)
+        parts = read_split(folder / "splits.json", self.hparams.split, n)
+        if "val" not in parts:
+            rng = np.random.default_rng(self.hparams.seed)
+            size = round(self.hparams.val_fraction * len(parts["test"]))
+            val = rng.choice(parts["test"], size=size, replace=False)
+            parts["val"] = np.sort(val)
+            parts["test"] = np.setdiff1d(parts["test"], val)
+        node_idx, edge_idx = incidences(edges)
+
+        def mask(ids: np.ndarray) -> torch.Tensor:
+            m = torch.zeros(n, dtype=torch.bool)
+            m[torch.from_numpy(ids)] = True
+            return m
+
+        self.batch = NodeBatch(
+            graph=Hypergraph(torch.from_numpy(x), node_idx, edge_idx, len(edges)),
+            y=torch.from_numpy(labels),
+            train_mask=mask(parts["train"]),
+            val_mask=mask(parts["val"]),
+            test_mask=mask(parts["test"]),
+        )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        assert self.batch is not None, "call setup() first"
+        return {"in_dim": self.batch.graph.x.shape[1], "num_classes": int(self.batch.y.max()) + 1}
+
+    def _loader(self) -> DataLoader:
+        assert self.batch is not None, "call setup() first"
+        return DataLoader([self.batch], batch_size=None, collate_fn=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def sample_ids(self) -> list[str]:
+        assert self.batch is not None, "call setup() first"
+        return [str(i) for i in range(self.batch.graph.num_nodes)]

@@ -1,0 +1,45 @@
+"""The baseline for node classification: an MLP on node features alone, ignoring the hypergraph."""
+
+from __future__ import annotations
+
+import torch
+from plexlab.datamodules.hypergraph import NodeBatch
+from plexlab.modules.node_classifier import NodeClassifier
+from torch import nn
+
+
+def mlp(sizes: list[int], dropout: float, norm: bool = True) -> nn.Sequential:
+    """Linear layers with LayerNorm, ReLU and dropout between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [nn.LayerNorm(b) if norm else nn.Identity(), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class NodeMLP(NodeClassifier):
+    """Features -> MLP -> classes, trained with cross entropy on the labelled nodes."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden: int = 256,
+        num_layers: int = 2,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = mlp([in_dim] + [hidden] * (num_layers - 1) + [num_classes], dropout)
+        self.input_dropout = nn.Dropout(dropout)
+
+    def logits(self, batch: NodeBatch) -> torch.Tensor:
+        return self.net(self.input_dropout(batch.graph.x))
+
+    def training_step(self, batch: NodeBatch, batch_idx: int) -> torch.Tensor:
+        loss = self.supervised_loss(self.logits(batch), batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=1)
+        return loss

@@ -1,0 +1,351 @@
+"""The experiment file: load YAML, apply `--set` overrides, validate every key before anything runs.
+
+The `model` and `data` sections are checked against the registered classes' `__init__` signatures (the class
+signature is the schema); everything else against the pydantic models below. Every failure is a ConfigError
+that names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from plexlab import registry
+from plexlab.errors import ConfigError, RegistryError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+PATH_SUFFIXES = ("_path", "_dir", "_file")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrackingConfig(_Strict):
+    """Where runs are recorded: `uri: null` is the embedded SQLite store in the working directory."""
+
+    uri: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class SchedulerConfig(_Strict):
+    """A Ray Tune trial scheduler and its options (passed to the scheduler's constructor)."""
+
+    name: Literal["fifo", "asha", "hyperband", "median", "pbt"] = "fifo"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3, gt=1)
+    max_t: int | None = Field(None, ge=1)
+    perturbation_interval: int = Field(2, ge=1)
+    # PBT: which space keys it may mutate; default all of the space's keys.
+    mutations: list[str] | None = None
+
+
+class SearchConfig(_Strict):
+    """How trial configurations are chosen."""
+
+    name: Literal["random", "grid", "optuna", "hyperopt"] = "random"
+
+
+class ResourcesConfig(_Strict):
+    """Resources of one trial; `workers > 1` trains the trial with DDP over several Ray workers."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+    workers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_ddp(self) -> ResourcesConfig:
+        if self.workers > 1 and self.gpu not in (0, 1):
+            raise ValueError("with workers > 1, gpu is per worker and must be 0 or 1")
+        return self
+
+
+DISTRIBUTIONS = {"choice", "grid", "uniform", "loguniform", "randint", "quniform"}
+
+
+class SweepConfig(_Strict):
+    """The search: space, scheduler, search algorithm, trial count and resources."""
+
+    metric: str | None = None  # default: the model's primary metric
+    mode: Literal["min", "max"] | None = None
+    num_samples: int = Field(8, ge=1)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    max_concurrent: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0)
+    storage: str | None = None  # default: ./plexlab_sweeps; must be shared storage on a multi-host cluster
+
+
+class ExperimentConfig(_Strict):
+    """A validated experiment: what to train, on what data, how, and where it is recorded."""
+
+    name: str = Field(min_length=1)
+    seed: int = 0
+    model: dict[str, Any]
+    data: dict[str, Any]
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: SweepConfig | None = None
+    # Not part of the file: where it came from, and the code version it runs.
+    source: str = Field("<dict>", exclude=True)
+    git_commit: str | None = Field(None, exclude=True)
+
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def data_name(self) -> str:
+        return self.data["name"]
+
+    def model_args(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    def data_args(self) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as it would be written back to YAML."""
+        return self.model_dump(mode="json", exclude_none=False)
+
+    def config_hash(self) -> str:
+        """A short hash of the resolved config without tracking settings: equal configs train the same."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ("tracking", "sweep")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+    def flat_params(self) -> dict[str, Any]:
+        """The resolved config flattened to dotted keys: the MLflow params of a run."""
+        return flatten({k: v for k, v in self.to_dict().items() if k != "sweep"})
+
+    def with_overrides(self, overrides: dict[str, Any]) -> ExperimentConfig:
+        """A new validated config with dotted-key overrides applied (a sweep trial's config)."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(raw, key, value, self.source)
+        return validate(raw, source=self.source, git_commit=self.git_commit)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any, source: str = "<overrides>") -> None:
+    """Set `tree["a"]["b"] = value` for key "a.b", creating sections as needed."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(source, key, "malformed key")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(source, key, f"{part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str, source: str = "--set") -> tuple[str, Any]:
+    """`model.lr=0.01` -> ("model.lr", 0.01); the value is read as YAML (numbers, lists, null)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(source, text, "expected KEY=VALUE, e.g. model.lr=0.01")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, key, f"value is not valid YAML: {exc.problem}") from None
+
+
+def load(
+    config: str | Path | dict[str, Any] | ExperimentConfig,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> ExperimentConfig:
+    """Read an experiment file (or a dict), apply overrides, and validate it."""
+    if isinstance(config, ExperimentConfig):
+        raw, source = config.to_dict(), config.source
+    elif isinstance(config, dict):
+        raw, source = copy.deepcopy(config), "<dict>"
+    else:
+        path = Path(config)
+        source = str(path)
+        raw = read_yaml(path)
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value, source)
+    return validate(raw, source=source, git_commit=_git_commit())
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """safe_load a YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read experiment file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(path, "", f"{where}not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "", "an experiment file must be a YAML mapping")
+    return raw
+
+
+def validate(
+    raw: dict[str, Any], *, source: str = "<dict>", git_commit: str | None = None
+) -> ExperimentConfig:
+    """Validate a raw config dict; the first problem is raised as a ConfigError naming its key."""
+    try:
+        cfg = ExperimentConfig.model_validate({**raw, "source": source, "git_commit": git_commit})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(source, key, problem) from None
+    cfg.model = _validate_section(cfg.model, "model", registry.model_class, source)
+    cfg.data = _validate_section(cfg.data, "data", registry.datamodule_class, source)
+    _resolve_paths(cfg.data, source)
+    cfg.trainer = _validate_trainer(cfg.trainer, source)
+    if cfg.sweep is not None:
+        _validate_space(cfg, source)
+    return cfg
+
+
+def _validate_section(section: dict[str, Any], kind: str, lookup: Any, source: str) -> dict[str, Any]:
+    name = section.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(source, f"{kind}.name", "required: the registered name (see `plexlab list`)")
+    try:
+        cls = lookup(name)
+    except RegistryError as exc:
+        raise ConfigError(source, f"{kind}.name", str(exc)) from None
+    params = registry.init_parameters(cls)
+    out = {"name": name}
+    for key, value in section.items():
+        if key == "name":
+            continue
+        if key not in params:
+            raise ConfigError(source, f"{kind}.{key}", f"unknown key for {name}; valid: {', '.join(params)}")
+        out[key] = _check_value(params[key].annotation, value, source, f"{kind}.{key}")
+    return out
+
+
+@cache
+def _adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+
+
+def _check_value(annotation: Any, value: Any, source: str, key: str) -> Any:
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        return value
+    try:
+        adapter = _adapter(annotation)
+    except Exception:  # an annotation pydantic cannot express: accept the value as written
+        return value
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ConfigError(source, key, f"{exc.errors()[0]['msg']} (got {value!r})") from None
+
+
+def _resolve_paths(data: dict[str, Any], source: str) -> None:
+    """Make path arguments absolute (trials run in other directories) and check that they exist."""
+    for key, value in data.items():
+        if isinstance(value, str) and value and (key == "path" or key.endswith(PATH_SUFFIXES)):
+            path = Path(value).expanduser().resolve()
+            if not path.exists() and not key.startswith(("cache", "out")):
+                raise ConfigError(source, f"data.{key}", f"no such file or directory: {value}")
+            data[key] = str(path)
+
+
+# Keys the runner owns: a config may not set them.
+_RUNNER_OWNED = {"logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins"}
+
+
+def _validate_trainer(trainer: dict[str, Any], source: str) -> dict[str, Any]:
+    from lightning.pytorch import Trainer
+
+    params = registry.init_parameters(Trainer)
+    out = {}
+    for key, value in trainer.items():
+        if key in _RUNNER_OWNED:
+            raise ConfigError(source, f"trainer.{key}", "set by plexlab; remove it from the config")
+        if key not in params:
+            raise ConfigError(source, f"trainer.{key}", "not an argument of lightning.Trainer")
+        out[key] = _check_value(params[key].annotation, value, source, f"trainer.{key}")
+    return out
+
+
+def _validate_space(cfg: ExperimentConfig, source: str) -> None:
+    assert cfg.sweep is not None
+    for key, spec in cfg.sweep.space.items():
+        where = f"sweep.space.{key}"
+        section, _, arg = key.partition(".")
+        if section not in ("model", "data", "trainer", "seed") or (section != "seed" and not arg):
+            raise ConfigError(source, where, "must name model.<arg>, data.<arg>, trainer.<arg> or seed")
+        if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise ConfigError(
+                source, where, f"expected one of {sorted(DISTRIBUTIONS)}, e.g. {{choice: [1, 2]}}"
+            )
+        kind, args = next(iter(spec.items()))
+        _check_distribution(kind, args, source, where)
+        # Every value the space can produce must be a valid config value.
+        samples = args if kind in ("choice", "grid") else args[:2]
+        for sample in samples:
+            if kind == "loguniform" or kind == "uniform" or kind == "quniform":
+                sample = float(sample)
+            raw = cfg.to_dict()
+            set_dotted(raw, key, sample, source)
+            try:
+                validate({k: v for k, v in raw.items() if k != "sweep"}, source=source)
+            except ConfigError as exc:
+                raise ConfigError(source, where, f"value {sample!r} is invalid: {exc}") from None
+    if cfg.sweep.search.name == "grid" and any(
+        next(iter(s)) not in ("grid", "choice") for s in cfg.sweep.space.values()
+    ):
+        raise ConfigError(source, "sweep.search.name", "grid search needs grid or choice for every space key")
+
+
+def _check_distribution(kind: str, args: Any, source: str, where: str) -> None:
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise ConfigError(source, where, f"{kind} needs a non-empty list of values")
+        return
+    n = 3 if kind == "quniform" else 2
+    if not isinstance(args, list) or len(args) != n or not all(isinstance(a, int | float) for a in args):
+        raise ConfigError(
+            source, where, f"{kind} needs [{'low, high, q' if n == 3 else 'low, high'}] numbers"
+        )
+    low, high = args[0], args[1]
+    if low >= high:
+        raise ConfigError(source, where, f"{kind} low ({low}) must be below high ({high})")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(source, where, "loguniform needs low > 0")
+
+
+@cache
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

@@ -1,0 +1,173 @@
+"""Names of models and data modules mapped to import strings, imported on first use.
+
+Importing lazily keeps `plexlab --help` fast and confines a missing optional dependency to the model that
+needs it. Third-party packages add entries through the `plexlab.models` / `plexlab.datamodules` entry points.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+
+from plexlab.errors import RegistryError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered class: its name, where it lives, and a one-line summary."""
+
+    name: str
+    target: str  # "package.module:ClassName"
+    summary: str
+    extra: str | None = None  # the pip extra that provides its optional dependencies
+
+    def load(self) -> type:
+        module_name, _, attr = self.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            hint = f" (pip install 'plexlab[{self.extra}]')" if self.extra else ""
+            raise RegistryError(f"{self.name}: cannot import {module_name}: {exc}{hint}") from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError as exc:
+            raise RegistryError(f"{self.name}: {module_name} has no {attr}") from exc
+
+
+_M = "plexlab.modules"
+_D = "plexlab.datamodules"
+
+MODELS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "hypergcl", f"{_M}.hypergcl:HyperGCL", "HyperGCL: hypergraph contrastive learning (AllDeepSets)"
+        ),
+        Entry(
+            "node_mlp", f"{_M}.node_mlp:NodeMLP", "MLP on node features: the baseline for node classification"
+        ),
+        Entry(
+            "protein_mmcl",
+            f"{_M}.protein_mmcl:ProteinMMCL",
+            "ESM-2 + relational GNN, contrastive pretraining with domain-informed views",
+            "protein",
+        ),
+        Entry(
+            "protein_function",
+            f"{_M}.protein_function:ProteinFunction",
+            "EC/GO multi-label fine-tuning on the fused ESM + GNN embedding",
+            "protein",
+        ),
+        Entry(
+            "sailerx", f"{_M}.sailerx:SAILERX", "SAILERX: invariant multi-modal single-cell VAE", "singlecell"
+        ),
+        Entry(
+            "unitednet",
+            f"{_M}.unitednet:UnitedNet",
+            "UnitedNet: explainable multi-task single-cell network",
+            "singlecell",
+        ),
+        Entry(
+            "svae", f"{_M}.svae:SVAE", "sVAE+: sparse mechanism shift VAE for perturbations (and baselines)"
+        ),
+        Entry(
+            "cpac", f"{_M}.cpac:CPAC", "CPAC: compound-protein affinity and contact prediction", "affinity"
+        ),
+        Entry(
+            "affinity_mlp",
+            f"{_M}.affinity_mlp:AffinityMLP",
+            "fingerprint + composition MLP: the baseline for affinity",
+            "affinity",
+        ),
+        Entry("e2", f"{_M}.e2:E2", "E2: regional contrastive CLIP for fashion retrieval", "vision"),
+    ]
+}
+
+DATAMODULES: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "hypergraph",
+            f"{_D}.hypergraph:HypergraphDataModule",
+            "hypergraph node classification: hyperedges.json, features.npz, labels.npy, splits.json",
+        ),
+        Entry(
+            "protein",
+            f"{_D}.protein:ProteinDataModule",
+            "PDB/mmCIF structures + sequences, labels TSV, SCOP2/SIFTS families",
+            "protein",
+        ),
+        Entry(
+            "single_cell",
+            f"{_D}.single_cell:SingleCellDataModule",
+            "AnnData (.h5ad) / MuData (.h5mu), in memory or backed",
+            "singlecell",
+        ),
+        Entry(
+            "perturbation",
+            f"{_D}.perturbation:PerturbationDataModule",
+            "AnnData with perturbation labels, or the sparse-shift simulator",
+        ),
+        Entry(
+            "affinity",
+            f"{_D}.affinity:AffinityDataModule",
+            "SMILES + protein sequence + affinity TSV, optional contact maps",
+            "affinity",
+        ),
+        Entry(
+            "image_text",
+            f"{_D}.image_text:ImageTextDataModule",
+            "a folder of images and a captions CSV",
+            "vision",
+        ),
+    ]
+}
+
+
+def _with_entry_points(table: dict[str, Entry], group: str) -> dict[str, Entry]:
+    found = {
+        ep.name: Entry(ep.name, ep.value, f"from {ep.dist.name if ep.dist else 'a plugin'}")
+        for ep in entry_points(group=group)
+    }
+    return {**found, **table}
+
+
+@cache
+def models() -> dict[str, Entry]:
+    """Every registered model, built-in and from `plexlab.models` entry points."""
+    return _with_entry_points(MODELS, "plexlab.models")
+
+
+@cache
+def datamodules() -> dict[str, Entry]:
+    """Every registered data module, built-in and from `plexlab.datamodules` entry points."""
+    return _with_entry_points(DATAMODULES, "plexlab.datamodules")
+
+
+def _lookup(table: dict[str, Entry], kind: str, name: str) -> type:
+    if name not in table:
+        raise RegistryError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
+    return table[name].load()
+
+
+def model_class(name: str) -> type:
+    """The LightningModule class registered as `name`."""
+    return _lookup(models(), "model", name)
+
+
+def datamodule_class(name: str) -> type:
+    """The LightningDataModule class registered as `name`."""
+    return _lookup(datamodules(), "data module", name)
+
+
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of `cls.__init__`: the schema of a config's model or data section."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        n: p
+        for n, p in params.items()
+        if n != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
