@@ -20,7 +20,7 @@ from plexlab.datamodules.errors import DataError
 from torch.utils.data import DataLoader
 
 
-@dataclass(frozen=True)
+@dataclass
 class Hypergraph:
     """A hypergraph as node features plus its vertex-hyperedge incidences (star expansion, COO pairs)."""
 
@@ -39,7 +39,7 @@ class Hypergraph:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class NodeBatch:
     """The full graph with labels and the split masks: one batch per epoch."""
 
