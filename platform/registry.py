@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -164,10 +165,14 @@ def datamodule_class(name: str) -> type:
 
 
 def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    """The keyword parameters of `cls.__init__`: the schema of a config's model or data section."""
+    """The keyword parameters of `cls.__init__`, annotations resolved: the schema of a config section."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that cannot be resolved: fall back to what the signature says
+        hints = {}
     params = inspect.signature(cls.__init__).parameters
     return {
-        n: p
+        n: p.replace(annotation=hints.get(n, p.annotation))
         for n, p in params.items()
         if n != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     }
