@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from plexlab.datamodules.hypergraph import NodeBatch
 from plexlab.modules.node_classifier import NodeClassifier
@@ -11,7 +13,7 @@ from torch import nn
 def mlp(sizes: list[int], dropout: float, norm: bool = True) -> nn.Sequential:
     """Linear layers with LayerNorm, ReLU and dropout between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers += [nn.LayerNorm(b) if norm else nn.Identity(), nn.ReLU(), nn.Dropout(dropout)]

@@ -1,4 +1,4 @@
-"""HyperGCL: the hypergraph reader, the fabricated views, the contrastive loss, and learning on a tiny graph."""
+"""HyperGCL: the hypergraph reader, the fabricated views, the contrastive loss, learning on a tiny graph."""
 
 import json
 import math
@@ -117,7 +117,7 @@ def _test_accuracy(cls, folder, **kwargs):
 
 
 def test_hypergcl_beats_feature_mlp_on_tiny_hypergraph(tmp_path):
-    # Noisy features, 12 labels; the hyperedges join same-class nodes, so only a model that uses them does well.
+    # Noisy features, 12 labels; hyperedges join same-class nodes, so only a model that uses them does well.
     folder = write_graph(tmp_path / "g")
     mlp_acc = _test_accuracy(NodeMLP, folder)
     hgcl_acc = _test_accuracy(HyperGCL, folder, aug="edge")
