@@ -17,9 +17,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import types
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +206,12 @@ class RelationalGNN(nn.Module):
 
 class ProteinEncoder(nn.Module):
     """Sequence + structure encoders with parallel (concat) or series (ESM features into the GNN) fusion."""
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> ProteinEncoder:
+        """Build from a LightningModule's hyperparameters, taking the encoder's own arguments by name."""
+        names = inspect.signature(cls.__init__).parameters.keys() - {"self"}
+        return cls(**{name: hparams[name] for name in names if name in hparams})
 
     def __init__(
         self,

@@ -119,23 +119,7 @@ class ProteinFunction(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = ProteinEncoder(
-            num_residue_types,
-            num_relations,
-            esm_path,
-            esm_layers,
-            esm_dim,
-            esm_heads,
-            esm_freeze,
-            esm_trainable_layers,
-            use_sdpa,
-            gnn_dims,
-            gnn_batch_norm,
-            gnn_short_cut,
-            gnn_concat_hidden,
-            readout,
-            fusion,
-        )
+        self.encoder = ProteinEncoder.from_hparams(self.hparams)
         if pretrained_ckpt:
             load_encoder_state(self.encoder, pretrained_ckpt)
         dims = [self.encoder.fused_dim] + [head_hidden] * (head_layers - 1) + [num_labels]

@@ -82,23 +82,7 @@ class ProteinMMCL(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = ProteinEncoder(
-            num_residue_types,
-            num_relations,
-            esm_path,
-            esm_layers,
-            esm_dim,
-            esm_heads,
-            esm_freeze,
-            esm_trainable_layers,
-            use_sdpa,
-            gnn_dims,
-            gnn_batch_norm,
-            gnn_short_cut,
-            gnn_concat_hidden,
-            readout,
-            fusion,
-        )
+        self.encoder = ProteinEncoder.from_hparams(self.hparams)
         self.seq_proj = projection_head(self.encoder.seq_dim, proj_dim)
         self.struct_proj = projection_head(self.encoder.struct_dim, proj_dim)
 
