@@ -63,7 +63,9 @@ def contact_metrics(scores: list[np.ndarray], targets: list[np.ndarray]) -> dict
 
 
 class AffinityEvalMixin:
-    """Accumulates predictions per subset and logs the metrics at epoch end (mixed into a LightningModule)."""
+    """Accumulates predictions per subset and logs the metrics at epoch end (mixed into a LightningModule,
+    before it in the bases so these epoch hooks take effect). The model's validation/test steps call
+    `_eval_collect`; the hooks below reset at each epoch's start and log at its end."""
 
     def _eval_reset(self) -> None:
         self._eval: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
@@ -106,3 +108,15 @@ class AffinityEvalMixin:
             self.log(k, 0.0 if math.isnan(v) and ("pearson" in k or "spearman" in k) else v)
         self._eval_reset()
         return results
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_finish("test")

@@ -6,14 +6,12 @@ amino-acid + dipeptide composition), so this module never imports RDKit.
 
 from __future__ import annotations
 
-import itertools
-
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.affinity import AffinityBatch
 from plexlab.modules.affinity_eval import AffinityEvalMixin
-from torch import nn
+from plexlab.modules.layers import mlp
 
 
 class AffinityMLP(AffinityEvalMixin, pl.LightningModule):
@@ -43,11 +41,7 @@ class AffinityMLP(AffinityEvalMixin, pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        dims = [fingerprint_dim + composition_dim, *(hidden or [512, 256])]
-        layers: list[nn.Module] = []
-        for a, b in itertools.pairwise(dims):
-            layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
-        self.mlp = nn.Sequential(*layers, nn.Linear(dims[-1], 1))
+        self.mlp = mlp([fingerprint_dim + composition_dim, *(hidden or [512, 256]), 1], dropout)
 
     def features(self, batch: AffinityBatch) -> torch.Tensor:
         """Input vector per pair: fingerprint bits and scaled composition."""
@@ -75,18 +69,6 @@ class AffinityMLP(AffinityEvalMixin, pl.LightningModule):
 
     def predict_step(self, batch: AffinityBatch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self(batch)
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_reset()
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_finish("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_finish("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

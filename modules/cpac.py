@@ -286,17 +286,5 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
     def predict_step(self, batch: AffinityBatch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self(batch)["affinity"]
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_reset()
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_finish("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_finish("test")
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

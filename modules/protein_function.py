@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.protein import ProteinBatch
+from plexlab.modules.layers import mlp
 from plexlab.modules.protein_encoders import ProteinEncoder
 from plexlab.modules.protein_mmcl import encoder_param_groups
 from torch import nn
@@ -122,13 +123,7 @@ class ProteinFunction(pl.LightningModule):
         self.encoder = ProteinEncoder.from_hparams(self.hparams)
         if pretrained_ckpt:
             load_encoder_state(self.encoder, pretrained_ckpt)
-        dims = [self.encoder.fused_dim] + [head_hidden] * (head_layers - 1) + [num_labels]
-        layers: list[nn.Module] = []
-        for i in range(len(dims) - 1):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < len(dims) - 2:
-                layers += [nn.ReLU(), nn.Dropout(dropout)]
-        self.head = nn.Sequential(*layers)
+        self.head = mlp([self.encoder.fused_dim] + [head_hidden] * (head_layers - 1) + [num_labels], dropout)
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
 
     def embed(self, batch: ProteinBatch) -> torch.Tensor:

@@ -6,7 +6,6 @@ CITE-seq, protein) only provides a reference cell-cell similarity, through its P
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.single_cell import SingleCellBatch
+from plexlab.modules.layers import mlp
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,8 @@ def kl_anneal(epoch: int, warmup: int, cycle: int, ratio: float) -> float:
 
 
 def _block(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(sizes):
-        layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.PReLU()]
-    return nn.Sequential(*layers)
+    """Linear -> BatchNorm -> PReLU after every layer, the last included."""
+    return mlp(sizes, norm=nn.BatchNorm1d, activation=nn.PReLU, last_plain=False)
 
 
 class SAILERX(pl.LightningModule):

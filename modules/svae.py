@@ -44,6 +44,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from plexlab.modules.layers import mlp
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -115,12 +116,10 @@ def graph_scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _mlp(n_in: int, n_hidden: int, n_layers: int, dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(n_layers):
-        layers += [nn.Linear(n_in if i == 0 else n_hidden, n_hidden), nn.BatchNorm1d(n_hidden), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
+    """`n_layers` x (Linear -> BatchNorm -> ReLU [-> Dropout when dropout > 0])."""
+    return mlp(
+        [n_in] + [n_hidden] * n_layers, dropout if dropout > 0 else None, nn.BatchNorm1d, last_plain=False
+    )
 
 
 class SVAE(pl.LightningModule):

@@ -6,7 +6,6 @@ trained by schedules that alternate per epoch, each with its own optimizer (manu
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.single_cell import SingleCellBatch
+from plexlab.modules.layers import mlp
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,9 @@ class R2Accumulator:
         return 1.0 - self.res / max(ss_tot, EPS)
 
 
-def _mlp(sizes: list[int], dropout: float, last_plain: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if not (last_plain and i == len(sizes) - 2):
-            layers += [nn.BatchNorm1d(b), nn.ReLU(), nn.Dropout(dropout)]
-    return nn.Sequential(*layers)
+def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    """Linear -> BatchNorm -> ReLU -> Dropout between layers; the last Linear plain."""
+    return mlp(sizes, dropout, norm=nn.BatchNorm1d)
 
 
 class CosineHead(nn.Module):

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from _trainer import quiet_trainer
 from plexlab.datamodules.affinity import AffinityDataModule
 from plexlab.modules.affinity_mlp import AffinityMLP
 from plexlab.modules.cpac import CPAC
@@ -141,10 +142,7 @@ def _synthetic(tmp_path: Path) -> Path:
 
 
 def _fit_and_test(model: pl.LightningModule, dm: AffinityDataModule, epochs: int) -> dict[str, float]:
-    trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )  # fmt: skip
+    trainer = quiet_trainer(max_epochs=epochs, accelerator="cpu", num_sanity_val_steps=0)
     trainer.fit(model, dm)
     return trainer.test(model, dm, verbose=False)[0]
 

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from _trainer import quiet_trainer
 from plexlab.datamodules.image_text import ImageTextDataModule
 from plexlab.modules.e2 import E2
 
@@ -32,15 +33,7 @@ def run_flickr(overrides: dict[str, Any] | None = None, seed: int | None = None)
     dm = ImageTextDataModule(**data_args)
     dm.setup("fit")
     model = E2(**dm.model_kwargs(), **model_args)
-    trainer = pl.Trainer(
-        max_epochs=cfg["trainer"]["max_epochs"],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-    )
+    trainer = quiet_trainer(max_epochs=cfg["trainer"]["max_epochs"], accelerator="cpu", deterministic=True)
     trainer.fit(model, dm)
     return trainer.test(model, dm, verbose=False)[0]
 

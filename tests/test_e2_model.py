@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from _trainer import quiet_trainer
 from PIL import Image
 from plexlab.datamodules.image_text import ImageTextDataModule
 from plexlab.modules.e2 import E2, GumbelSelectFusion, clip_loss, retrieval_recall
@@ -136,15 +137,7 @@ def _synthetic(root: Path, n: int = 16) -> Path:
 
 
 def _trainer(epochs: int) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-    )
+    return quiet_trainer(max_epochs=epochs, accelerator="cpu", deterministic=True)
 
 
 def test_two_stage_training_freezes_clip_in_stage_one(tmp_path: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from _trainer import quiet_trainer
 from plexlab.datamodules.protein import ProteinBatch, ProteinDataModule, esm_alphabet
 from plexlab.modules.contrastive import info_nce
 from plexlab.modules.protein_encoders import ProteinEncoder, RelationalConv, SequenceEncoder
@@ -25,6 +27,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("model", [ProteinMMCL, ProteinFunction])
+def test_encoder_arguments_repeated_in_the_model_signature_agree(model):
+    """The signature is the config schema, so each model lists the encoder's arguments again; from_hparams
+    would silently fall back to the encoder's default for one a model lacked."""
+    enc = inspect.signature(ProteinEncoder.__init__).parameters
+    own = inspect.signature(model.__init__).parameters
+    for name, p in enc.items():
+        if name != "self":
+            assert name in own, name
+            assert (own[name].default, own[name].annotation) == (p.default, p.annotation), name
 
 
 def test_info_nce_hand_computed():
@@ -171,16 +185,7 @@ def test_contrastive_loss_falls_and_checkpoint_feeds_function(shared_data, small
         return loss
 
     before = eval_loss()
-    trainer = pl.Trainer(
-        max_epochs=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=6, accelerator="cpu", limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(model, train_dataloaders=dm.train_dataloader())
     after = eval_loss()
     assert after < 0.7 * before, (before, after)
@@ -206,15 +211,7 @@ def test_contrastive_loss_falls_and_checkpoint_feeds_function(shared_data, small
     fdm.setup("fit")
     f = ProteinFunction(**fdm.model_kwargs(), **TINY, pretrained_ckpt=str(ckpt), head_hidden=32, lr=3e-3)
     assert torch.equal(f.encoder.gnn.layers[0].linear.weight, model.encoder.gnn.layers[0].linear.weight)
-    ft = pl.Trainer(
-        max_epochs=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    ft = quiet_trainer(max_epochs=8, accelerator="cpu", num_sanity_val_steps=0)
     batch = next(iter(fdm.val_dataloader()))
     f.eval()
     with torch.no_grad():

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import anndata as ad
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
+from _single_cell_data import make_cite
+from _trainer import quiet_trainer
 from plexlab.datamodules.single_cell import SingleCellDataModule
 from plexlab.modules.sailerx import (
     SAILERX,
@@ -22,28 +21,6 @@ from plexlab.modules.sailerx import (
     kl_anneal,
     pairwise_kl,
 )
-
-
-def make_cite(path: Path, n: int = 120, g: int = 40, p: int = 8, seed: int = 0) -> Path:
-    """Three cell groups; RNA counts with a per-cell depth factor; protein counts tied to the group."""
-    import mudata as md
-
-    rng = np.random.default_rng(seed)
-    group = rng.integers(0, 3, n)
-    depth = rng.lognormal(0, 0.6, n)
-    rates = rng.gamma(0.5, 2.0, size=(3, g))
-    rna = rng.poisson(depth[:, None] * rates[group]).astype(np.float32)
-    rna[:, 0] += 1
-    prot = rng.poisson(5 + 40 * rng.random((3, p))[group]).astype(np.float32)
-    obs = pd.DataFrame({"cell_type": [f"t{k}" for k in group]}, index=[f"c{i}" for i in range(n)])
-    mods = {
-        "rna": ad.AnnData(sp.csr_matrix(rna), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)])),
-        "adt": ad.AnnData(
-            sp.csr_matrix(prot), obs=obs.copy(), var=pd.DataFrame(index=[f"p{j}" for j in range(p)])
-        ),
-    }
-    md.MuData(mods).write(path)
-    return path
 
 
 def test_bernoulli_recon_uses_pos_weight() -> None:
@@ -110,13 +87,7 @@ def test_tiny_sailerx_trains_embeds_and_decays_lr_per_epoch(tmp_path: Path) -> N
     )
     x = next(iter(dm.val_dataloader()))
     before = model.total(model.losses(x, sample=False), 1.0).item()
-    trainer = pl.Trainer(
-        max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=4)
     trainer.fit(model, dm)
     assert trainer.callback_metrics["val/loss"].item() < before
     assert "val/library_corr" in trainer.callback_metrics

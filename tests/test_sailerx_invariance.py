@@ -22,6 +22,7 @@ DATA = (
 
 def compare(path: Path, epochs: int = 200, weights: tuple[float, ...] = (0.0, 1.0)) -> dict[float, dict]:
     import lightning.pytorch as pl
+    from _trainer import quiet_trainer
     from plexlab.datamodules.single_cell import SingleCellDataModule
     from plexlab.modules.sailerx import SAILERX
     from plexlab.modules.single_cell_eval import embed_cells, library_leakage
@@ -46,15 +47,7 @@ def compare(path: Path, epochs: int = 200, weights: tuple[float, ...] = (0.0, 1.
             kl_cycle_epochs=0,
             lr=1e-3,
         )
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-        )
+        trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0)
         trainer.fit(model, dm)
         out[lam] = library_leakage(embed_cells(model, dm), np.log(dm.library_size))
     return out

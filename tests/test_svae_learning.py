@@ -5,6 +5,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from _trainer import quiet_trainer
 from plexlab.datamodules.perturbation import PerturbationDataModule
 from plexlab.modules.svae import SVAE, mean_correlation_coefficient
 
@@ -42,15 +43,7 @@ def _fit(variant: str, epochs: int, **data):
     dm.setup("fit")
     model = SVAE(**dm.model_kwargs(), variant=variant, **TINY_MODEL)
     losses = _Losses()
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[losses],
-    )
+    trainer = quiet_trainer(max_epochs=epochs, accelerator="cpu", callbacks=[losses])
     trainer.fit(model, dm)
     return model, dm, trainer, losses.epoch_losses
 

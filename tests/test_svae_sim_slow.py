@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from _trainer import quiet_trainer
 from plexlab.datamodules.perturbation import PerturbationDataModule
 from plexlab.modules.svae import SVAE
 
@@ -25,12 +26,9 @@ def _run(variant: str) -> dict[str, float]:
     dm = PerturbationDataModule(**data_args)
     dm.setup("fit")
     model = SVAE(**dm.model_kwargs(), **{**model_args, "variant": variant})
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=cfg["trainer"]["max_epochs"],
         accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
         check_val_every_n_epoch=15,  # as in the run that gave the reported figures
     )
     trainer.fit(model, dm)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import anndata as ad
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from _single_cell_data import make_cite
+from _trainer import quiet_trainer
 from plexlab.datamodules.single_cell import SingleCellDataModule
 from plexlab.modules.unitednet import (
     R2Accumulator,
@@ -25,28 +24,6 @@ from plexlab.modules.unitednet import (
     lsgan_g_loss,
     negative_entropy,
 )
-
-
-def make_cite(path: Path, n: int = 120, g: int = 40, p: int = 8, seed: int = 0) -> Path:
-    """Three cell groups; RNA counts with a per-cell depth factor; protein counts tied to the group."""
-    import mudata as md
-
-    rng = np.random.default_rng(seed)
-    group = rng.integers(0, 3, n)
-    depth = rng.lognormal(0, 0.6, n)
-    rates = rng.gamma(0.5, 2.0, size=(3, g))
-    rna = rng.poisson(depth[:, None] * rates[group]).astype(np.float32)
-    rna[:, 0] += 1
-    prot = rng.poisson(5 + 40 * rng.random((3, p))[group]).astype(np.float32)
-    obs = pd.DataFrame({"cell_type": [f"t{k}" for k in group]}, index=[f"c{i}" for i in range(n)])
-    mods = {
-        "rna": ad.AnnData(sp.csr_matrix(rna), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)])),
-        "adt": ad.AnnData(
-            sp.csr_matrix(prot), obs=obs.copy(), var=pd.DataFrame(index=[f"p{j}" for j in range(p)])
-        ),
-    }
-    md.MuData(mods).write(path)
-    return path
 
 
 def test_lsgan_losses() -> None:
@@ -133,13 +110,7 @@ def test_tiny_unitednet_predicts_across_modalities_and_explains(tmp_path: Path, 
         shap_targets=2,
         shap_samples=8,
     )
-    trainer = pl.Trainer(
-        max_epochs=12,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=12)
     trainer.fit(model, dm)
     m = trainer.callback_metrics
     # the protein is a function of the cell group, which the RNA reveals: far better than the mean predictor

@@ -11,12 +11,16 @@ import logging
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from plexlab.datamodules.protein import ProteinDataModule
 from plexlab.modules.protein_function import ProteinFunction
 from plexlab.modules.protein_mmcl import ProteinMMCL
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared quiet trainer
+from _trainer import quiet_trainer
 
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.WARNING)
@@ -89,14 +93,7 @@ print("function chains", len(fdm.items), "labels", fdm.label_names)
 for ckpt in (None, ck):
     pl.seed_everything(0)
     f = ProteinFunction(**fdm.model_kwargs(), **TINY, pretrained_ckpt=ckpt, head_hidden=32, lr=2e-3)
-    ft = pl.Trainer(
-        max_epochs=20,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    ft = quiet_trainer(max_epochs=20, accelerator="cpu")
     ft.fit(f, fdm)
     out = ft.test(f, fdm, verbose=False)[0]
     print(
