@@ -316,9 +316,9 @@ class AffinityDataModule(pl.LightningDataModule):
             return arr
         if arr.shape == (n_res, graph.n_explicit_atoms):
             return arr[:, graph.heavy_index]
-        raise DataError(
-            cpath,
-            f"{where}: contact map shape {arr.shape}, expected ({n_res}, {graph.n_atoms})"
+        raise DataError(  # the TSV's line and the map's file: both are needed to find the record
+            source,
+            f"{where}: contact map {cpath} has shape {arr.shape}, expected ({n_res}, {graph.n_atoms})"
             " residues x heavy atoms"
             f" (or ({n_res}, {graph.n_explicit_atoms}) with explicit hydrogens)",
         )

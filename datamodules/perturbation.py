@@ -142,24 +142,28 @@ class PerturbationDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if (path is None) == (not simulate):
-            raise ValueError("give exactly one of `path` or `simulate: true`")
+            # DataError (a ValueError) so that the platform reports it in one line, not a traceback.
+            raise DataError("data", "give exactly one of `path` or `simulate: true`")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+            raise DataError("data", "val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         self._ready = False
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
         hp = self.hparams
         if hp.simulate:
-            adata = simulate_sparse_shift(
-                n_perturbations=hp.sim_n_perturbations,
-                n_cells_per_perturbation=hp.sim_n_cells_per_perturbation,
-                n_control_cells=hp.sim_n_control_cells,
-                n_latents=hp.sim_n_latents,
-                n_genes=hp.sim_n_genes,
-                library_size=hp.sim_library_size,
-                seed=hp.sim_seed,
-            )
+            try:
+                adata = simulate_sparse_shift(
+                    n_perturbations=hp.sim_n_perturbations,
+                    n_cells_per_perturbation=hp.sim_n_cells_per_perturbation,
+                    n_control_cells=hp.sim_n_control_cells,
+                    n_latents=hp.sim_n_latents,
+                    n_genes=hp.sim_n_genes,
+                    library_size=hp.sim_library_size,
+                    seed=hp.sim_seed,
+                )
+            except ValueError as exc:  # inconsistent sim_* sizes: a config mistake, reported in one line
+                raise DataError("<simulated>", f"sim_* settings: {exc}") from None
             source: Path | str = "<simulated>"
             counts = np.asarray(adata.X, dtype=np.float32)
             labels = adata.obs["perturbation"].astype(str).to_numpy()
@@ -199,7 +203,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             heldout = sorted(index[p] for p in hp.heldout_perturbations)
         elif hp.n_heldout > 0:
             if hp.n_heldout >= len(names):
-                raise ValueError(f"n_heldout={hp.n_heldout} leaves no perturbation to train on")
+                raise DataError(source, f"n_heldout={hp.n_heldout} leaves no perturbation to train on")
             heldout = sorted(rng.choice(len(names), size=hp.n_heldout, replace=False).tolist())
         else:
             heldout = []

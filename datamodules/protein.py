@@ -140,6 +140,8 @@ class ProteinDataModule(pl.LightningDataModule):
         if path is None and chains_file is None and fasta_file is None:
             raise DataError("data", "give path, chains_file or fasta_file")
         self.views = list(views) if views is not None else ["crop"]
+        if not self.views:
+            raise DataError("data.views", "give at least one view spec")
         for v in self.views:
             try:
                 parse_view(v)

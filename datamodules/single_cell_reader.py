@@ -155,7 +155,7 @@ class MatrixSource:
 
     @staticmethod
     def _cell(row: int, cell_names: np.ndarray) -> str:
-        name = cell_names[row] if row < len(cell_names) else "?"
+        name = str(cell_names[row]) if row < len(cell_names) else "?"  # str: numpy 2 reprs np.str_('x')
         return f"cell {name!r} (row {row})"
 
 
@@ -271,7 +271,7 @@ class SingleCellFile:
             missing = ref_names[idx < 0]
             extra = np.setdiff1d(names, ref_names)
             if len(missing) or len(extra):
-                example = missing[0] if len(missing) else extra[0]
+                example = str(missing[0] if len(missing) else extra[0])
                 raise DataError(
                     self.path,
                     f"modalities {ref_mod!r} ({len(ref_names)} cells) and {mod!r} ({len(names)} cells) hold "
@@ -393,7 +393,7 @@ def write_embedding_copy(
     if cell_names is not None and embedding.ndim == 2 and len(cell_names) == embedding.shape[0]:
         pos = pd.Index(np.asarray(cell_names).astype(str)).get_indexer(obs_names)
         if (pos < 0).any():
-            raise DataError(out_path, f"obsm/{key}: no embedding for cell {obs_names[pos < 0][0]!r}")
+            raise DataError(out_path, f"obsm/{key}: no embedding for cell {str(obs_names[pos < 0][0])!r}")
         embedding = embedding[pos]
     if embedding.ndim != 2 or embedding.shape[0] != n_obs:
         raise DataError(
