@@ -82,6 +82,8 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0)
+    # Report every epoch, but write a resumable checkpoint only every n epochs (checkpoints cost I/O).
+    checkpoint_every: int = Field(1, ge=1)
     storage: str | None = None  # default: ./plexlab_sweeps; must be shared storage on a multi-host cluster
 
 
@@ -221,7 +223,8 @@ def validate(
         raise ConfigError(source, key, problem) from None
     cfg.model = _validate_section(cfg.model, "model", registry.model_class, source)
     cfg.data = _validate_section(cfg.data, "data", registry.datamodule_class, source)
-    _resolve_paths(cfg.data, source)
+    _resolve_paths(cfg.data, "data", source)
+    _resolve_paths(cfg.model, "model", source)
     cfg.trainer = _validate_trainer(cfg.trainer, source)
     if cfg.sweep is not None:
         _validate_space(cfg, source)
@@ -265,14 +268,14 @@ def _check_value(annotation: Any, value: Any, source: str, key: str) -> Any:
         raise ConfigError(source, key, f"{exc.errors()[0]['msg']} (got {value!r})") from None
 
 
-def _resolve_paths(data: dict[str, Any], source: str) -> None:
+def _resolve_paths(section: dict[str, Any], kind: str, source: str) -> None:
     """Make path arguments absolute (trials run in other directories) and check that they exist."""
-    for key, value in data.items():
+    for key, value in section.items():
         if isinstance(value, str) and value and (key == "path" or key.endswith(PATH_SUFFIXES)):
             path = Path(value).expanduser().resolve()
             if not path.exists() and not key.startswith(("cache", "out")):
-                raise ConfigError(source, f"data.{key}", f"no such file or directory: {value}")
-            data[key] = str(path)
+                raise ConfigError(source, f"{kind}.{key}", f"no such file or directory: {value}")
+            section[key] = str(path)
 
 
 # Keys the runner owns: a config may not set them.
@@ -321,6 +324,14 @@ def _validate_space(cfg: ExperimentConfig, source: str) -> None:
         next(iter(s)) not in ("grid", "choice") for s in cfg.sweep.space.values()
     ):
         raise ConfigError(source, "sweep.search.name", "grid search needs grid or choice for every space key")
+    kinds = {next(iter(s)) for s in cfg.sweep.space.values()}
+    if cfg.sweep.search.name in ("optuna", "hyperopt") and "grid" in kinds:
+        raise ConfigError(
+            source, "sweep.search.name", f"{cfg.sweep.search.name} cannot search a grid; use choice"
+        )
+    for key in cfg.sweep.scheduler.mutations or []:
+        if key not in cfg.sweep.space:
+            raise ConfigError(source, "sweep.scheduler.mutations", f"{key} is not a key of sweep.space")
 
 
 def _check_distribution(kind: str, args: Any, source: str, where: str) -> None:
@@ -342,9 +353,15 @@ def _check_distribution(kind: str, args: Any, source: str, where: str) -> None:
 
 @cache
 def _git_commit() -> str | None:
+    """The commit of the plexlab checkout that runs (None for an installed wheel)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

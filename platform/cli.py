@@ -1,0 +1,202 @@
+"""`plexlab`: the command line. Each command is a thin call into plexlab.api.
+
+A user mistake (config, data, paths, tracking server) prints one line and exits with status 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from plexlab.errors import USER_ERRORS
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    from plexlab.config import parse_override
+
+    return dict(parse_override(item) for item in items or [])
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        table.add_row(key, f"{value:.4f}")
+    return table
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from plexlab import api
+
+    result = api.fit(args.config, _overrides(args.set))
+    console.print(_metrics_table(f"{result.config.name}: test on the best epoch", result.metrics))
+    console.print(f"run {result.run_id}  ({result.tracking_uri})\nbest checkpoint {result.checkpoint}")
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    from plexlab import api
+
+    result = api.test(args.config, args.ckpt, _overrides(args.set))
+    console.print(_metrics_table(f"{result.config.name}: {args.ckpt}", result.metrics))
+    console.print(f"run {result.run_id}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from plexlab import api
+
+    console.print(f"wrote {api.embed(args.config, args.ckpt, args.out, _overrides(args.set))}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from plexlab import tune
+
+    if args.status:
+        console.print(tune.status_table(args.config, _overrides(args.set), storage=args.storage))
+        return
+    result = tune.sweep(
+        args.config, _overrides(args.set), address=args.address, storage=args.storage, resume=args.resume
+    )
+    console.print(tune.summary_table(result))
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from plexlab import api
+
+    for title, entries in (("models", api.models()), ("data modules", api.datamodules())):
+        table = Table(title=title)
+        table.add_column("name")
+        table.add_column("summary")
+        for name, summary in entries.items():
+            table.add_row(name, summary)
+        console.print(table)
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from plexlab import api
+
+    rows = api.runs(args.experiment, args.uri)[: args.limit]
+    if not rows:
+        console.print(f"{args.experiment}: no runs yet")
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row if k != "run_id"))
+    table = Table(title=f"{args.experiment}: {len(rows)} runs, best first")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):  # MLflow params come back as text
+        try:
+            value = float(value) if "." in value or "e" in value else value
+        except ValueError:
+            return value
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from plexlab import tracking
+
+    uri = tracking.resolve_uri(args.uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", args.host, "--port", str(args.port)]
+    console.print(f"MLflow dashboard on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
+    os.execv(sys.executable, command)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from plexlab.datamodules.perturbation_sim import write_sparse_shift
+
+    console.print(f"wrote {write_sparse_shift(args.out, **_overrides(args.set))}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's default must not undo `plexlab --debug fit ...`.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (repeatable)")
+
+    top = argparse.ArgumentParser(prog="plexlab", description=__doc__.splitlines()[0], parents=[common])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", parents=[common, sets], help="train, test on the best epoch, record in MLflow")
+    p.add_argument("config")
+    p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser("test", parents=[common, sets], help="evaluate a checkpoint on the test split")
+    p.add_argument("config")
+    p.add_argument("--ckpt", required=True)
+    p.set_defaults(run=cmd_test)
+
+    p = sub.add_parser("embed", parents=[common, sets], help="write every sample's embedding")
+    p.add_argument("config")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True, help=".npz (ids, embedding), or .h5ad for single-cell data")
+    p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("sweep", parents=[common, sets], help="run or resume a Ray Tune sweep")
+    p.add_argument("config")
+    p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or auto; default RAY_ADDRESS)")
+    p.add_argument("--storage", help="results folder or s3:// URI (default: the file's sweep.storage)")
+    p.add_argument("--resume", action="store_true", help="continue a sweep whose driver died")
+    p.add_argument("--status", action="store_true", help="show the sweep's trials and exit")
+    p.set_defaults(run=cmd_sweep)
+
+    p = sub.add_parser("list", parents=[common], help="registered models and data modules")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("runs", parents=[common], help="an experiment's runs, best first")
+    p.add_argument("experiment")
+    p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(run=cmd_runs)
+
+    p = sub.add_parser("ui", parents=[common], help="open the MLflow dashboard (bound to 127.0.0.1)")
+    p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(run=cmd_ui)
+
+    p = sub.add_parser("simulate", parents=[common, sets], help="write a simulated data set")
+    p.add_argument("kind", choices=["sparse-shift"], help="sparse-shift: perturbations for svae (.h5ad)")
+    p.add_argument("out")
+    p.set_defaults(run=cmd_simulate)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `plexlab` command; returns the exit status."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except USER_ERRORS as exc:
+        if getattr(args, "debug", False):
+            raise
+        err_console.print(f"plexlab: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("plexlab: interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

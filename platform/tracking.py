@@ -1,0 +1,213 @@
+"""MLflow, in one place: where runs go, one run per fit, and how a run ends.
+
+The embedded default is a SQLite file and an artifact folder in the working directory (nothing to start);
+a server (`http(s)://...`) is checked before any training starts. A run is created with the client and handed
+to Lightning's MLFlowLogger by id, so that sweep trials can be child runs of the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from plexlab.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "mlartifacts"
+STOP_TAG = "plexlab.stopped"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+
+
+# The user's setting, read once: mlflow.set_tracking_uri (which Lightning's logger calls) rewrites the
+# variable, and a later run in the same process must not inherit an earlier run's store through it.
+USER_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def resolve_uri(uri: str | None, cwd: Path | None = None) -> str:
+    """The tracking URI to use, made absolute so that trials running in other directories share it."""
+    uri = uri or USER_URI
+    base = (cwd or Path.cwd()).resolve()
+    if uri is None:
+        return f"sqlite:///{base / EMBEDDED_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside the embedded SQLite file, else the server decides."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / EMBEDDED_ARTIFACTS).as_uri()
+    return None
+
+
+def check(uri: str) -> None:
+    """Fail fast, before training, when the tracking store cannot be reached or refuses the credentials."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    # One quick try instead of MLflow's minutes of retries with backoff.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    with mock.patch.dict(os.environ, quick):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # connection refused, 401, TLS, ...: all mean "cannot track here"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"MLflow tracking server {uri} is not usable: {first[:300]}") from None
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of the named experiment, created (with local artifacts for the embedded store) if missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent trial
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+class Run:
+    """One MLflow run that a fit, a test or a sweep writes to; `end` sets how it finished."""
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.uri = uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params; a resumed run keeps its first values (MLflow forbids changing a param), and a value
+        that did change (a PBT mutation) is logged as a metric `changed/<key>` instead."""
+        existing = self.client.get_run(self.run_id).data.params
+        changed = {k: v for k, v in params.items() if k in existing and existing[k] != _param_text(v)}
+        numeric = {f"changed/{k}": v for k, v in changed.items() if isinstance(v, int | float)}
+        self.log_metrics(numeric)
+        items = [Param(k, _param_text(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), subdir)
+        else:
+            self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def logger(self, experiment_name: str) -> Any:
+        """Lightning's MLFlowLogger writing into this run (params are the runner's job, not the logger's)."""
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        class RunLogger(MLFlowLogger):
+            def log_hyperparams(self, params: Any) -> None:
+                pass  # the runner logs the resolved config, with defaults and data-derived sizes, once
+
+        return RunLogger(experiment_name=experiment_name, tracking_uri=self.uri, run_id=self.run_id)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def _param_text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def create_run(
+    uri: str,
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> Run:
+    """A new RUNNING run in the named experiment (a child run when parent_run_id is given)."""
+    client = MlflowClient(uri)
+    all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+    if run_name:
+        all_tags[MLFLOW_RUN_NAME] = run_name
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = client.create_run(experiment_id(client, experiment, uri), tags=all_tags, run_name=run_name)
+    return Run(client, run.info.run_id, uri)
+
+
+def find_run(uri: str, experiment: str, tags: dict[str, str]) -> Run | None:
+    """The newest run of the experiment carrying all the given tags (a resumed trial's run), if any."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([found.experiment_id], query, max_results=1, order_by=["start_time DESC"])
+    return Run(client, runs[0].info.run_id, uri) if runs else None
+
+
+@contextlib.contextmanager
+def ending(run: Run) -> Iterator[Run]:
+    """End the run FINISHED, or FAILED on an exception; a scheduler's stop (SystemExit) is a normal end.
+
+    Ray Tune stops a trial by raising SystemExit inside its report call, so code after `trainer.fit()`
+    never runs: closing here keeps stopped trials from showing as FAILED or staying RUNNING.
+    """
+    try:
+        yield run
+    except SystemExit:
+        _quietly(run.set_tags, {STOP_TAG: "stopped early by the scheduler"})
+        _quietly(run.end, "FINISHED")
+        raise
+    except BaseException as exc:
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        _quietly(run.set_tags, {"plexlab.error": reason[:5000]})
+        _quietly(run.end, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    else:
+        run.end("FINISHED")
+
+
+@contextlib.contextmanager
+def failures_named(uri: str) -> Iterator[None]:
+    """An MLflow failure mid-run (server gone, disk full) becomes one line naming the store."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrackingError(f"MLflow tracking at {uri} failed during the run: {first[:300]}") from exc
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    """Best effort while another exception is on its way out: never hide it behind a tracking error."""
+    try:
+        fn(*args)
+    except Exception:
+        log.warning("could not update the MLflow run", exc_info=True)
+
+
+def metric_history(run: Run, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) pairs of each metric, as logged."""
+    return {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
