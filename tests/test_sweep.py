@@ -1,0 +1,378 @@
+"""Sweeps end to end on a tiny generated hypergraph: MLflow parent and child runs, resume after the driver is
+killed, a killed trial retried from its checkpoint, a 2-node cluster, 2-worker DDP trials, an MLflow server.
+
+Every process a test starts (sweep drivers, Ray nodes, MLflow servers) is stopped by its pid and process
+group; nothing is killed by name.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from plexlab import api, tracking
+from test_hypergcl import write_graph
+
+pytestmark = pytest.mark.ray
+
+PLEXLAB = [sys.executable, "-m", "plexlab.cli"]
+
+
+def sweep_file(workdir: Path, name: str = "tiny-sweep", epochs: int = 9, **sweep) -> Path:
+    """A tiny hypergcl sweep file; `sweep` overrides the sweep section."""
+    folder = workdir / "graph"
+    if not folder.exists():
+        write_graph(folder)
+    config = {
+        "name": name,
+        "seed": 0,
+        "model": {"name": "hypergcl", "hidden": 16, "dropout": 0.0},
+        "data": {"name": "hypergraph", "path": str(folder)},
+        "trainer": {"max_epochs": epochs, "accelerator": "cpu"},
+        "sweep": {
+            "num_samples": 6,
+            "space": {
+                "model.lr": {"loguniform": [1.0e-3, 3.0e-2]},
+                "model.aug": {"choice": ["edge", "feature"]},
+            },
+            "scheduler": {"name": "asha", "grace_period": 3},
+            "resources": {"cpu": 1},
+            "storage": str(workdir / "sweeps"),
+            **sweep,
+        },
+    }
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def children(client: MlflowClient, experiment: str) -> tuple[list, list]:
+    """(parent runs, child runs) of an experiment."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return [], []
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("plexlab.kind") == "sweep"]
+    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process this test started, and everything it started, by pid and process group."""
+    try:
+        family = [process.pid, *(p.pid for p in psutil.Process(process.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        family = [process.pid]
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=10)
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
+    result = api.sweep(sweep_file(workdir))
+    client = MlflowClient(result.tracking_uri)
+    (parent,), kids = children(client, "tiny-sweep")
+    assert parent.info.run_id == result.parent_run_id and parent.info.status == "FINISHED"
+    assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids)
+    assert len({k.data.tags["plexlab.trial_id"] for k in kids}) == 6
+    assert all(k.info.run_name == k.data.tags["plexlab.trial_id"] for k in kids)
+    for kid in kids:
+        assert client.get_metric_history(kid.info.run_id, "val/acc"), kid.info.run_name
+        assert [a.path for a in client.list_artifacts(kid.info.run_id, "checkpoints")] == [
+            "checkpoints/best.ckpt"
+        ]
+    # The best result is the best child's best epoch, and its config is that child's.
+    best = max(k.data.metrics["val/acc_best"] for k in kids)
+    assert result.best_metric == pytest.approx(best)
+    tied = {
+        float(k.data.params["model.lr"])
+        for k in kids
+        if k.data.metrics["val/acc_best"] == pytest.approx(best)
+    }
+    assert result.best_config["model"]["lr"] in tied
+    assert parent.data.metrics["val/acc_best"] == pytest.approx(result.best_metric)
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {
+        "sweep.yaml",
+        "search_space.json",
+        "best_config.yaml",
+        "trials.csv",
+        "val_acc_by_param.png",
+    } <= artifacts
+    # Trials stopped by ASHA ended FINISHED and say why; the others were tested on their best epoch.
+    stopped = [k for k in kids if tracking.STOP_TAG in k.data.tags]
+    assert all("test/acc" in k.data.metrics for k in kids if k not in stopped)
+    # A second start of the same sweep refuses to overwrite it.
+    with pytest.raises(Exception, match="--resume"):
+        api.sweep(sweep_file(workdir))
+
+
+def _start_sweep(config: Path, workdir: Path, *extra: str) -> subprocess.Popen:
+    log = open(workdir / f"driver-{time.monotonic_ns()}.log", "w")
+    return subprocess.Popen(
+        [*PLEXLAB, "sweep", str(config), *extra],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def test_sweep_resumes_after_the_driver_is_killed(workdir):
+    config = sweep_file(
+        workdir, epochs=40, num_samples=3, max_concurrent=1, checkpoint_every=2, scheduler={"name": "fifo"}
+    )
+    client = MlflowClient(tracking.resolve_uri(None))
+    driver = _start_sweep(config, workdir)
+    try:
+
+        def one_done_one_midway():
+            _, kids = children(client, "tiny-sweep")
+            done = [k for k in kids if k.info.status == "FINISHED"]
+            running = [k for k in kids if k.info.status == "RUNNING"]
+            midway = [k for k in running if len(client.get_metric_history(k.info.run_id, "val/acc")) >= 6]
+            return (done, midway) if done and midway else None
+
+        done, midway = wait_for(one_done_one_midway, 300, "a finished trial and one midway")
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        stop(driver)
+    finished_before = {k.info.run_id: k.info.end_time for k in done}
+
+    resumed = _start_sweep(config, workdir, "--resume")
+    try:
+        assert resumed.wait(timeout=400) == 0, workdir / "driver.log"
+    finally:
+        stop(resumed)
+    (parent,), kids = children(client, "tiny-sweep")
+    assert parent.info.status == "FINISHED"
+    assert len(kids) == 3 and len({k.data.tags["plexlab.trial_id"] for k in kids}) == 3
+    assert all(k.info.status == "FINISHED" for k in kids)
+    for kid in kids:  # finished trials were not rerun
+        if kid.info.run_id in finished_before:
+            assert kid.info.end_time == finished_before[kid.info.run_id]
+    interrupted = next(k for k in kids if k.info.run_id == midway[0].info.run_id)
+    assert "plexlab.resumed_from" in interrupted.data.tags  # continued from its checkpoint, not from scratch
+    epochs = [m.step for m in client.get_metric_history(interrupted.info.run_id, "val/acc")]
+    assert max(epochs) >= 39
+
+
+def _trial_processes(driver: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        family = psutil.Process(driver.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for p in family:
+        try:
+            if any("ImplicitFunc" in part or "run_trial" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint(workdir):
+    config = sweep_file(
+        workdir,
+        epochs=40,
+        num_samples=2,
+        max_concurrent=1,
+        max_failures=1,
+        checkpoint_every=2,
+        scheduler={"name": "fifo"},
+    )
+    client = MlflowClient(tracking.resolve_uri(None))
+    driver = _start_sweep(config, workdir)
+    try:
+
+        def midway():
+            _, kids = children(client, "tiny-sweep")
+            running = [k for k in kids if k.info.status == "RUNNING"]
+            return [k for k in running if len(client.get_metric_history(k.info.run_id, "val/acc")) >= 6]
+
+        (victim,) = wait_for(midway, 300, "a trial midway")
+        (worker,) = wait_for(lambda: _trial_processes(driver), 60, "the trial's worker process")
+        worker.kill()
+        assert driver.wait(timeout=400) == 0
+    finally:
+        stop(driver)
+    _, kids = children(client, "tiny-sweep")
+    assert len(kids) == 2 and all(
+        k.info.status == "FINISHED" for k in kids
+    )  # one run per trial, retried in place
+    retried = next(k for k in kids if k.info.run_id == victim.info.run_id)
+    assert "plexlab.resumed_from" in retried.data.tags
+    assert max(m.step for m in client.get_metric_history(retried.info.run_id, "val/acc")) >= 39
+
+
+@pytest.fixture
+def two_node_cluster(workdir, monkeypatch):
+    """A Ray head and a second node on 127.0.0.1, one CPU each; yields the head's address."""
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={free_port()}",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    nodes = [head]
+    try:
+        address = f"127.0.0.1:{port}"
+        time.sleep(8)
+        worker = subprocess.Popen(
+            [
+                ray_cli,
+                "start",
+                "--block",
+                f"--address={address}",
+                "--num-cpus=1",
+                "--node-ip-address=127.0.0.1",
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        nodes.append(worker)
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        yield address
+    finally:
+        import ray
+
+        ray.shutdown()
+        for node in reversed(nodes):
+            stop(node)
+
+
+def test_sweep_on_a_two_node_cluster_uses_both_nodes(workdir, two_node_cluster):
+    import ray
+
+    ray.init(address=two_node_cluster)
+    wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 90, "the second node to join")
+    ray.shutdown()
+    result = api.sweep(
+        sweep_file(workdir, epochs=6, num_samples=4, scheduler={"name": "fifo"}), address=two_node_cluster
+    )
+    _, kids = children(MlflowClient(result.tracking_uri), "tiny-sweep")
+    assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids)
+    assert len({k.data.tags["plexlab.ray_node"] for k in kids}) == 2
+
+
+def test_two_worker_trials_train_with_ddp(workdir):
+    config = sweep_file(
+        workdir,
+        epochs=4,
+        num_samples=2,
+        max_concurrent=1,
+        scheduler={"name": "fifo"},
+        resources={"cpu": 1, "workers": 2},
+    )
+    result = api.sweep(config)
+    client = MlflowClient(result.tracking_uri)
+    _, kids = children(client, "tiny-sweep")
+    assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
+    assert all(k.data.tags["plexlab.world_size"] == "2" for k in kids)
+    assert all(len(client.get_metric_history(k.info.run_id, "val/acc")) == 4 for k in kids)
+    assert result.best_metric is not None
+
+
+@pytest.fixture
+def mlflow_server(workdir):
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store; yields its URI."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'server.db'}",
+            "--artifacts-destination",
+            str(workdir / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import requests
+
+        uri = f"http://127.0.0.1:{port}"
+
+        def healthy():
+            try:
+                return requests.get(f"{uri}/health", timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, 90, "the MLflow server")
+        yield uri
+    finally:
+        stop(server)
+
+
+def test_sweep_logs_to_an_mlflow_server(workdir, mlflow_server):
+    result = api.sweep(
+        sweep_file(workdir, epochs=4, num_samples=2, scheduler={"name": "fifo"}), tracking__uri=mlflow_server
+    )
+    assert result.tracking_uri == mlflow_server
+    client = MlflowClient(mlflow_server)
+    (parent,), kids = children(client, "tiny-sweep")
+    assert parent.info.status == "FINISHED" and len(kids) == 2
+    assert all(k.info.status == "FINISHED" and "val/acc_best" in k.data.metrics for k in kids)
+    assert not (workdir / "mlflow.db").exists()  # nothing went to the embedded store
