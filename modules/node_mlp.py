@@ -41,6 +41,10 @@ class NodeMLP(NodeClassifier):
     def logits(self, batch: NodeBatch) -> torch.Tensor:
         return self.net(self.input_dropout(batch.graph.x))
 
+    def embed(self, batch: NodeBatch) -> torch.Tensor:
+        """The last hidden layer's output, one row per vertex."""
+        return self.net[:-1](batch.graph.x)
+
     def training_step(self, batch: NodeBatch, batch_idx: int) -> torch.Tensor:
         loss = self.supervised_loss(self.logits(batch), batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=1)
