@@ -15,6 +15,15 @@ from plexlab.modules.hypergraph_views import fabricate
 from plexlab.modules.node_mlp import NodeMLP
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one thread is much faster than contending for a shared machine's cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_graph(folder, n=60, classes=3, edges=None, labels=None, splits=None):
     rng = np.random.default_rng(0)
     y = np.arange(n) % classes if labels is None else labels
@@ -100,13 +109,15 @@ def test_bad_hypergraph_files_name_file_and_record(tmp_path, mutate, message):
     assert "\n" not in str(exc.value) and str(folder) in str(exc.value)
 
 
-def _test_accuracy(cls, folder, **kwargs):
-    pl.seed_everything(0)
+def _test_accuracy(cls, folder, epochs=200, **kwargs):
+    """Test accuracy after `epochs` full-batch epochs (no validation loop: nothing here selects on it)."""
+    pl.seed_everything(0, verbose=False)
     dm = HypergraphDataModule(str(folder), val_fraction=0.2)
     dm.setup("fit")
     model = cls(**dm.model_kwargs(), hidden=16, lr=1e-2, dropout=0.0, **kwargs)
     trainer = pl.Trainer(
-        max_epochs=200,
+        max_epochs=epochs,
+        limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
