@@ -22,7 +22,7 @@ import ray
 import torch
 import yaml
 from plexlab import plots, runs_table, tracking, train
-from plexlab.config import ExperimentConfig, flatten, load
+from plexlab.config import ExperimentConfig, ResourcesConfig, flatten, load
 from plexlab.errors import ConfigError
 from ray import tune
 from rich.table import Table
@@ -34,6 +34,7 @@ TRIAL_TAG = "plexlab.trial_id"
 SWEEP_TAG = "plexlab.sweep"
 PATH_TAG = "plexlab.sweep_path"
 CHECKPOINT_FILE = "checkpoint.ckpt"
+DRIVER_CPU = 0.01  # the function of a multi-worker trial, which only waits on its Train workers
 
 
 @dataclass
@@ -211,7 +212,13 @@ def _fit_distributed(cfg: ExperimentConfig, run: tracking.Run, meta: dict[str, A
     gpu = meta["gpu"] > 0
     trainer = TorchTrainer(
         _ddp_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run.run_id, "uri": run.uri, "gpu": gpu},
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "run_id": run.run_id,
+            "uri": run.uri,
+            "gpu": gpu,
+            "workdir": str(trial_folder(meta["path"], trial_id)),
+        },
         scaling_config=ScalingConfig(
             num_workers=meta["workers"],
             use_gpu=gpu,
@@ -256,13 +263,14 @@ def _ddp_worker(loop_config: dict[str, Any]) -> None:
         },
         prepare=prepare_trainer,
     )
+    workdir = Path(loop_config["workdir"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        train.fit(cfg, run=run, track=rank == 0, hooks=hooks)
+        train.fit(cfg, run=run, track=rank == 0, hooks=hooks, workdir=workdir)
         return
     with checkpoint.as_directory() as folder:
         hooks.resume_from = str(Path(folder) / RayTrainReportCallback.CHECKPOINT_NAME)
-        train.fit(cfg, run=run, track=rank == 0, hooks=hooks)
+        train.fit(cfg, run=run, track=rank == 0, hooks=hooks, workdir=workdir)
 
 
 # ---- the driver ----------------------------------------------------------------------------------------
@@ -341,10 +349,12 @@ def sweep(
     if exists and not resume:
         raise ConfigError(cfg.source, "sweep", f"a sweep of this file already exists at {path}: add --resume")
 
-    parent = _parent_run(cfg, name, uri, resume)
-    parent.set_tags({PATH_TAG: path})
     started = _start_ray(address)
     try:
+        if started:
+            _check_trial_fits(cfg)
+        parent = _parent_run(cfg, name, uri, resume)
+        parent.set_tags({PATH_TAG: path})
         with tracking.ending(parent):
             grid = _sweep_results(cfg, name, root, path, parent, metric, mode, resume)
             _close_trial_runs(parent, grid, metric, mode, path)
@@ -352,6 +362,28 @@ def sweep(
     finally:
         if started:
             ray.shutdown()
+
+
+def _trial_shape(res: ResourcesConfig) -> dict[str, float]:
+    """What Tune reserves for a trial's function: all of the trial's resources with one worker; a sliver of
+    a CPU with several, whose Train workers hold the real resources (Tune refuses zero)."""
+    return {"cpu": res.cpu, "gpu": res.gpu} if res.workers == 1 else {"cpu": DRIVER_CPU}
+
+
+def _check_trial_fits(cfg: ExperimentConfig) -> None:
+    """On Ray started here, a trial larger than the machine would wait forever: say so instead."""
+    res = cfg.sweep.resources
+    workers_cpu = res.cpu * res.workers if res.workers > 1 else 0.0
+    need = {"CPU": _trial_shape(res)["cpu"] + workers_cpu, "GPU": res.gpu * res.workers}
+    have = ray.cluster_resources()
+    for kind, amount in need.items():
+        if amount > have.get(kind, 0.0) + 1e-9:
+            raise ConfigError(
+                cfg.source,
+                "sweep.resources",
+                f"one trial needs {amount:g} {kind} (workers: {res.workers}, cpu: {res.cpu:g},"
+                f" gpu: {res.gpu:g} each) but this machine's Ray has {have.get(kind, 0.0):g}",
+            )
 
 
 def _objective(cfg: ExperimentConfig) -> tuple[str, str]:
@@ -399,9 +431,7 @@ def _sweep_results(
     }
     base = {k: v for k, v in cfg.to_dict().items() if k != "sweep"}
     trainable = tune.with_parameters(run_trial, base=base, meta=meta)
-    # A multi-worker trial's function only waits on its Train workers, which hold the real resources.
-    shape = {"cpu": res.cpu, "gpu": res.gpu} if res.workers == 1 else {"cpu": 0.01}
-    trainable = tune.with_resources(trainable, shape)
+    trainable = tune.with_resources(trainable, _trial_shape(res))
     if resume:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
@@ -489,10 +519,9 @@ def _summarize(
     best_config = load(cfg.to_dict(), {k: top[k] for k in flatten(best_result.config or {})}).to_dict()
     # The runner's best-epoch checkpoint when the trial folder is reachable; else Tune's best reported one.
     local_best = trial_folder(path, top["trial"]) / "checkpoints" / "best.ckpt"
-    tune_best = best_result.get_best_checkpoint(metric, mode)
-    if local_best.exists():
-        best_checkpoint: Path | None = local_best
-    else:
+    best_checkpoint: Path | None = local_best if local_best.exists() else None
+    if best_checkpoint is None and best_result.best_checkpoints:  # multi-worker trials report none to Tune
+        tune_best = best_result.get_best_checkpoint(metric, mode)
         best_checkpoint = Path(tune_best.path) / CHECKPOINT_FILE if tune_best else None
     params = list(cfg.sweep.space)
     parent.log_metrics(

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from plexlab import api, tracking
+from plexlab.errors import ConfigError
 from test_hypergcl import write_graph
 
 pytestmark = pytest.mark.ray
@@ -313,7 +314,7 @@ def test_two_worker_trials_train_with_ddp(workdir):
         num_samples=2,
         max_concurrent=1,
         scheduler={"name": "fifo"},
-        resources={"cpu": 1, "workers": 2},
+        resources={"cpu": 0.5, "workers": 2},  # 2 x 0.5 + the trial's driver fits on 2 cores
     )
     result = api.sweep(config)
     client = MlflowClient(result.tracking_uri)
@@ -321,7 +322,15 @@ def test_two_worker_trials_train_with_ddp(workdir):
     assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
     assert all(k.data.tags["plexlab.world_size"] == "2" for k in kids)
     assert all(len(client.get_metric_history(k.info.run_id, "val/acc")) == 4 for k in kids)
-    assert result.best_metric is not None
+    assert result.best_metric == pytest.approx(max(k.data.metrics["val/acc_best"] for k in kids))
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+
+
+def test_a_trial_larger_than_the_machine_is_refused_before_anything_runs(workdir):
+    config = sweep_file(workdir, resources={"cpu": 1, "workers": 64})
+    with pytest.raises(ConfigError, match=r"sweep\.resources: one trial needs 64\.01 CPU"):
+        api.sweep(config)
+    assert children(MlflowClient(tracking.resolve_uri(None)), "tiny-sweep") == ([], [])
 
 
 @pytest.fixture
