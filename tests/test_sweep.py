@@ -299,12 +299,15 @@ def test_sweep_on_a_two_node_cluster_uses_both_nodes(workdir, two_node_cluster):
     ray.init(address=two_node_cluster)
     wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 90, "the second node to join")
     ray.shutdown()
+    # Trials long enough that the second node's actor is up before the first node's actor, reused, has
+    # taken every trial.
     result = api.sweep(
-        sweep_file(workdir, epochs=6, num_samples=4, scheduler={"name": "fifo"}), address=two_node_cluster
+        sweep_file(workdir, epochs=40, num_samples=4, scheduler={"name": "fifo"}), address=two_node_cluster
     )
     _, kids = children(MlflowClient(result.tracking_uri), "tiny-sweep")
     assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids)
-    assert len({k.data.tags["plexlab.ray_node"] for k in kids}) == 2
+    nodes = {k.info.run_name: k.data.tags["plexlab.ray_node"] for k in kids}
+    assert len(set(nodes.values())) == 2, nodes
 
 
 def test_two_worker_trials_train_with_ddp(workdir):
