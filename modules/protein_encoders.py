@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-import types
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from esm.multihead_attention import MultiheadAttention as EsmAttention
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,21 @@ def _sdpa_attention(
     need_head_weights=False,
     **kwargs,
 ):
-    """ESM's MultiheadAttention.forward for self-attention through scaled_dot_product_attention."""
-    if need_head_weights or attn_mask is not None or kwargs.get("incremental_state") is not None:
-        return self._esm_forward(
+    """ESM's MultiheadAttention.forward for self-attention through scaled_dot_product_attention.
+
+    Returns no attention weights (ESM2.forward only uses them for contacts); anything else ESM's code supports
+    (head weights, an attention mask, incremental decoding, cross-attention, bias_kv / zero_attn) goes to it.
+    """
+    if (
+        need_head_weights
+        or attn_mask is not None
+        or kwargs.get("incremental_state") is not None
+        or (key is not None and key is not query)
+        or self.bias_k is not None
+        or self.add_zero_attn
+    ):
+        return EsmAttention.forward(
+            self,
             query,
             key,
             value,
@@ -69,6 +81,17 @@ def _sdpa_attention(
     )  # q is already scaled, as in ESM
     out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, embed_dim)
     return self.out_proj(out), None
+
+
+class SdpaAttention(EsmAttention):
+    """fair-esm's MultiheadAttention whose self-attention runs through scaled_dot_product_attention.
+
+    `SequenceEncoder.set_sdpa` switches a layer by swapping its attention module's class: the parameters and
+    state dict are ESM's own, and, unlike a patched bound method, the module still pickles (torch.save of a
+    whole model, spawned workers) and copies.
+    """
+
+    forward = _sdpa_attention
 
 
 class SequenceEncoder(nn.Module):
@@ -119,9 +142,9 @@ class SequenceEncoder(nn.Module):
         """Route (or stop routing) every layer's attention through scaled_dot_product_attention."""
         for layer in self.esm.layers:
             attn = layer.self_attn
-            if not hasattr(attn, "_esm_forward"):
-                attn._esm_forward = attn.forward
-            attn.forward = types.MethodType(_sdpa_attention, attn) if on else attn._esm_forward
+            if type(attn) not in (EsmAttention, SdpaAttention):
+                raise TypeError(f"use_sdpa needs fair-esm's MultiheadAttention, not {type(attn).__name__}")
+            attn.__class__ = SdpaAttention if on else EsmAttention
 
     def residue_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """True at residue tokens (not padding, BOS or EOS)."""
