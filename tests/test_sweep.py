@@ -388,3 +388,28 @@ def test_sweep_logs_to_an_mlflow_server(workdir, mlflow_server):
     assert parent.info.status == "FINISHED" and len(kids) == 2
     assert all(k.info.status == "FINISHED" and "val/acc_best" in k.data.metrics for k in kids)
     assert not (workdir / "mlflow.db").exists()  # nothing went to the embedded store
+
+
+def test_quickstart_sweep_file_runs_end_to_end_from_the_cli(workdir, shared_data):
+    """The README's main job, shortened: the real quickstart file on the real Cora, through the CLI."""
+    quickstart = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
+    shorter = ["trainer.max_epochs=3", "sweep.num_samples=2", "sweep.scheduler.grace_period=1"]
+    where = [f"data.path={shared_data / 'hypergraph' / 'cocitation_cora'}", f"sweep.storage={workdir / 's'}"]
+    sets = [arg for pair in shorter + where for arg in ("--set", pair)]
+    done = subprocess.run(
+        [*PLEXLAB, "sweep", str(quickstart), *sets], capture_output=True, text=True, timeout=540
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best val/acc" in done.stdout
+    table = subprocess.run(
+        [*PLEXLAB, "runs", "hypergcl-quickstart"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},  # wide enough that run names are not wrapped
+    )
+    assert table.returncode == 0, table.stderr[-3000:]
+    parents, kids = children(MlflowClient(tracking.resolve_uri(None)), "hypergcl-quickstart")
+    assert len(parents) == 1 and len(kids) == 2
+    assert all(k.info.status == "FINISHED" and "test/acc" in k.data.metrics for k in kids)
+    assert all(k.info.run_name in table.stdout for k in kids)
