@@ -63,8 +63,7 @@ def check(uri: str) -> None:
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # connection refused, 401, TLS, ...: all mean "cannot track here"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"MLflow tracking server {uri} is not usable: {first[:300]}") from None
+            raise TrackingError(f"MLflow tracking server {uri} is not usable: {_first_line(exc)}") from None
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -196,16 +195,19 @@ def failures_named(uri: str) -> Iterator[None]:
     try:
         yield
     except mlflow.exceptions.MlflowException as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TrackingError(f"MLflow tracking at {uri} failed during the run: {first[:300]}") from exc
+        raise TrackingError(f"MLflow tracking at {uri} failed during the run: {_first_line(exc)}") from exc
 
 
 def _quietly(fn: Any, *args: Any) -> None:
     """Best effort while another exception is on its way out: never hide it behind a tracking error."""
     try:
         fn(*args)
-    except Exception:
-        log.warning("could not update the MLflow run", exc_info=True)
+    except Exception as exc:  # one line: the error on its way out is the one to read
+        log.warning("could not update the MLflow run: %s", _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def metric_history(run: Run, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
