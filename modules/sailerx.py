@@ -93,16 +93,18 @@ class SAILERX(pl.LightningModule):
 
     Encoder: one MLP per feature group (chromosome for ATAC; `group_hidden`, default 64 -> 32, BN, PReLU),
     concatenated, to a Gaussian latent (`latent_dim` 50). Decoder: the latent plus the standardized log depth
-    (and the batch one-hot) -> one mirrored MLP per group -> Bernoulli logits. Loss: weighted BCE
-    (`pos_weight` 20) + beta * (KL + `invariance_weight` * mean pairwise posterior KL) + `alignment_weight` *
-    depth-weighted cosine-structure alignment to the reference modality's PCs. beta is 0 for `warmup_epochs`
-    then cyclic (`kl_cycle_epochs`, ramp over `kl_ramp_ratio` of each cycle).
+    (and the batch one-hot) -> one mirrored MLP per group -> Bernoulli logits. Loss: (1 + `invariance_weight`)
+    * weighted BCE (`pos_weight` 20) + beta * (KL + `invariance_weight` * mean pairwise posterior KL) +
+    `alignment_weight` * depth-weighted cosine-structure alignment to the reference modality's PCs; the
+    invariance term is the bound of Moyer et al. on I(z; depth): its pairwise KL plus its own share of the
+    reconstruction (see `total`). beta is 0 for `warmup_epochs` then cyclic (`kl_cycle_epochs`, ramp over
+    `kl_ramp_ratio` of each cycle).
 
     Choices where the paper is silent or its code is wrong: z is sampled with sigma = exp(logvar / 2), the
-    same
-    sigma the KL uses; logvar is clamped to [-10, 10]; the invariance term shares the KL's annealing weight
-    (both
-    compress the posterior); the learning rate decays x`lr_decay` once per epoch; alignment pairs are averaged
+    same sigma the KL uses; logvar is clamped to [-10, 10]; the pairwise part of the invariance term shares
+    the KL's annealing weight (both compress the posterior; as in the reference trainer) while its
+    reconstruction part is always on; the learning rate decays x`lr_decay` once per epoch; alignment pairs
+    are averaged
     and the depth weights min-max scaled within each batch. Hybrid mode: cells whose reference modality is
     missing (`batch.paired` False) join every batch with reconstruction, KL and invariance terms and are left
     out of the alignment. With no feature groups (RNA without chromosome positions) the encoder is one group.
@@ -225,9 +227,17 @@ class SAILERX(pl.LightningModule):
         return out
 
     def total(self, parts: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+        """(1 + lambda) * recon + beta * (KL + lambda * pairwise KL) + gamma * align.
+
+        lambda * I(z; c) is bounded (Moyer et al. 2018) by lambda * (E KL[q(z|x) || q(z)] - E log p(x|z, c))
+        up to a constant: the pairwise KL compresses the latent, and the extra lambda * recon, with c given to
+        the decoder, keeps in z what is needed to reconstruct x given c. Without that half the term is plain
+        compression, which keeps the dominant (depth-driven) variation of z. The reference SAILER trainer
+        weights recon by (1 + lambda) in every epoch and anneals only the pairwise term with the KL.
+        """
         hp = self.hparams
         return (
-            parts["recon"]
+            (1.0 + hp.invariance_weight) * parts["recon"]
             + beta * (parts["kl"] + hp.invariance_weight * parts["invariance"])
             + hp.alignment_weight * parts["align"]
         )

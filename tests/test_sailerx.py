@@ -65,6 +65,16 @@ def test_alignment_and_depth_weights() -> None:
     assert torch.allclose(dw, torch.tensor([1 / 3, 0.0, 1.0]))
 
 
+def test_total_is_the_invariance_bound_of_moyer_et_al() -> None:
+    model = SAILERX(modality_dims={"a": 3, "b": 2}, latent_dim=2, invariance_weight=0.5, alignment_weight=100)
+    values = {"recon": 2.0, "kl": 3.0, "invariance": 5.0, "align": 0.01}
+    parts = {k: torch.tensor(v) for k, v in values.items()}
+    # (1 + lambda) * recon + beta * (kl + lambda * invariance) + gamma * align: lambda * I(z; c) is bounded by
+    # lambda * (pairwise KL + recon); the recon half is never annealed
+    assert model.total(parts, 0.4).item() == pytest.approx(1.5 * 2 + 0.4 * (3 + 0.5 * 5) + 100 * 0.01)
+    assert model.total(parts, 0.0).item() == pytest.approx(1.5 * 2 + 100 * 0.01)
+
+
 def test_kl_annealing_schedule() -> None:
     assert [kl_anneal(e, 10, 100, 0.5) for e in (0, 9, 10, 35, 60, 109, 110)] == [0, 0, 0, 0.5, 1.0, 1.0, 0]
 
