@@ -163,18 +163,47 @@ def ca_contact_map(structure: Path, chain: str | None, length: int, cutoff: floa
 
 
 class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar protein length (less padding); batch order shuffled per epoch when `shuffle`."""
+    """Batches of similar protein length (less padding); batch order shuffled per epoch when `shuffle`.
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int) -> None:
+    With `pool_batches` (training), samples are first shuffled into random pools of `pool_batches` batches and
+    sorted by length only inside each pool: a global sort puts the few samples of one protein (all the same
+    length) in the same batch, so a batch holds 2-5 proteins and its gradient is about those alone; pools keep
+    the padding small while a batch mixes many proteins.
+    """
+
+    def __init__(
+        self, lengths: list[int], batch_size: int, shuffle: bool, seed: int, pool_batches: int | None = None
+    ) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.pool_batches = pool_batches
         self.epoch = 0
 
     def __iter__(self):  # type: ignore[override]
         rng = np.random.default_rng(self.seed + self.epoch)
         self.epoch += 1
+        if self.shuffle and self.pool_batches:
+            perm = rng.permutation(len(self.lengths))
+            pool = self.batch_size * self.pool_batches
+            order = np.concatenate(
+                [
+                    p[np.argsort(self.lengths[p], kind="stable")]
+                    for p in np.split(perm, range(pool, len(perm), pool))
+                ]
+            )
+            # batches never cross a pool boundary
+            starts = [
+                s
+                for p0 in range(0, len(order), pool)
+                for s in range(p0, min(p0 + pool, len(order)), self.batch_size)
+            ]
+            ends = [min(s + self.batch_size, (s // pool + 1) * pool, len(order)) for s in starts]
+            batches = [order[s:e].tolist() for s, e in zip(starts, ends, strict=True)]
+            rng.shuffle(batches)
+            yield from batches
+            return
         if self.shuffle:
             # random tie-breaking (noise below one residue) so equal-length samples mix across epochs
             order = np.argsort(self.lengths + rng.random(len(self.lengths)), kind="stable")
@@ -186,6 +215,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         yield from batches
 
     def __len__(self) -> int:
+        if self.shuffle and self.pool_batches:
+            pool = self.batch_size * self.pool_batches
+            full, rest = divmod(len(self.lengths), pool)
+            return full * self.pool_batches + math.ceil(rest / self.batch_size)
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
@@ -199,6 +232,8 @@ class AffinityDataModule(pl.LightningDataModule):
       file, if any, then becomes an extra test set.
     - "all": every record in train, validation and test (a smoke test that overfits, e.g. 14 complexes).
     `extra_test_names` are more test sets (e.g. held-out protein classes), tested after the main test set.
+    `pool_batches`: training batches are length-bucketed inside random pools of that many batches (see
+    `BucketBatchSampler`); None sorts the whole training set by length (fewest padded residues).
     """
 
     def __init__(
@@ -219,6 +254,7 @@ class AffinityDataModule(pl.LightningDataModule):
         fingerprint_radius: int = 2,
         max_train_samples: int | None = None,
         batch_size: int = 32,
+        pool_batches: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -239,6 +275,7 @@ class AffinityDataModule(pl.LightningDataModule):
         self.fingerprint_radius = fingerprint_radius
         self.max_train_samples = max_train_samples
         self.batch_size = batch_size
+        self.pool_batches = pool_batches
         self.num_workers = num_workers
         self.seed = seed
         self._proteins: list[_Protein] = []
@@ -552,7 +589,7 @@ class AffinityDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         recs = self.sets[name]
         lengths = [len(self._proteins[r.protein].residues) for r in recs]
-        sampler = BucketBatchSampler(lengths, self.batch_size, shuffle, self.seed)
+        sampler = BucketBatchSampler(lengths, self.batch_size, shuffle, self.seed, self.pool_batches)
         return DataLoader(
             list(range(len(recs))),
             batch_sampler=sampler,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from plexlab.datamodules.affinity import AffinityDataModule, band_edges, ca_contact_map
+from plexlab.datamodules.affinity import AffinityDataModule, BucketBatchSampler, band_edges, ca_contact_map
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.molecule import ATOM_DIM, featurize_smiles, protein_composition
 
@@ -61,6 +61,31 @@ def test_band_edges() -> None:
     got = sorted(zip(e[0].tolist(), e[1].tolist(), strict=True))
     want = sorted({(i, j) for i in range(4) for j in range(4) if abs(i - j) <= 1})
     assert got == want
+
+
+def test_pooled_buckets_mix_proteins() -> None:
+    """BindingDB-like lengths: 200 proteins (one length each), 10 samples each. A global length sort puts
+    a protein's samples together (few proteins per batch); pools of batches mix them while each batch spans
+    a narrow length range, every sample comes once per epoch, and epochs differ."""
+    rng = np.random.default_rng(0)
+    prot_len = rng.integers(100, 1000, size=200)
+    lengths = np.repeat(prot_len, 10)
+    for pool in (None, 10):
+        sampler = BucketBatchSampler(lengths.tolist(), 32, shuffle=True, seed=0, pool_batches=pool)
+        epoch = list(sampler)
+        assert len(epoch) == len(sampler)
+        assert sorted(i for b in epoch for i in b) == list(range(len(lengths)))
+        assert max(len(b) for b in epoch) == 32
+        proteins = np.mean([len(set(lengths[b].tolist())) for b in epoch])
+        spread = np.mean([lengths[b].max() / lengths[b].min() for b in epoch])
+        if pool is None:
+            assert proteins < 5
+        else:
+            assert proteins > 12, proteins  # about 32 distinct proteins would be fully random
+            assert spread < 1.5, spread  # length-bucketed inside the pool (random batches: ~10)
+            assert epoch != list(sampler)  # reshuffled each epoch
+    ordered = list(BucketBatchSampler(lengths.tolist(), 32, shuffle=False, seed=0, pool_batches=10))
+    assert [i for b in ordered for i in b] == np.argsort(lengths, kind="stable").tolist()  # eval: unchanged
 
 
 def test_reads_and_batches(tmp_path: Path) -> None:
