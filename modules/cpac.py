@@ -6,7 +6,7 @@ Consumes `plexlab.datamodules.affinity.AffinityBatch`.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -125,6 +125,23 @@ class CompoundGCN(nn.Module):
         return h
 
 
+class HeadNorm(nn.BatchNorm1d):
+    """Batch norm of the head's input features (running statistics at evaluation).
+
+    Pooled residue features and the joint embedding are averages over hundreds of residues (x atoms): they
+    differ between samples by about a tenth of their per-residue spread, so the head sees nearly constant
+    inputs and learns slowly. Standardizing each feature over the batch restores the between-sample signal.
+    A one-sample training batch (a ragged last batch) uses the running statistics instead of failing.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
 class CPAC(AffinityEvalMixin, pl.LightningModule):
     """CPAC: proteins as sequence + residue contact map, compounds as graphs; affinity and contact prediction.
 
@@ -137,6 +154,8 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
     - Compound: residual GCN over heavy atoms (`gcn_layers`).
     - Interaction map: S = sigmoid(P W C^T) (masked to valid residue x atom pairs), I = S / sum(S) per sample;
       joint embedding sum_ij I_ij tanh(P_i * C_j); affinity = target_mean + target_std * MLP(joint).
+      `head_norm` batch-normalizes the head's input (see `HeadNorm`); `lr_schedule: cosine` anneals the
+      learning rate over the run.
       With `joint_dim`, P and C are first projected linearly to joint_dim: the joint product costs
       B x L x A x joint_dim, the dominant cost on CPU. `head_pooled` (off by default, not in the paper) also
       feeds the masked means of residue and atom features to the head.
@@ -170,6 +189,7 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
         cross: Literal["gate", "concat"] = "gate",
         joint_dim: int | None = None,
         head_pooled: bool = False,
+        head_norm: bool = False,
         head_hidden: int = 128,
         dropout: float = 0.1,
         lambda_contact: float = 1.0,
@@ -178,6 +198,7 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
         lambda_group: float = 0.0,
         lr: float = 1.0e-3,
         weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -196,8 +217,10 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
         # optional projections before the joint product: its cost is B x L x A x joint_dim
         self.joint_p = nn.Linear(hidden, jd) if joint_dim else nn.Identity()
         self.joint_c = nn.Linear(hidden, jd) if joint_dim else nn.Identity()
+        head_in = jd + (2 * hidden if head_pooled else 0)
+        self.head_norm = HeadNorm(head_in) if head_norm else nn.Identity()
         self.head = nn.Sequential(
-            nn.Linear(jd + (2 * hidden if head_pooled else 0), head_hidden),
+            nn.Linear(head_in, head_hidden),
             nn.ELU(),
             nn.Dropout(dropout),
             nn.Linear(head_hidden, 1),
@@ -233,7 +256,7 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
             p_mean = prot.sum(1) / pmask.sum(1, keepdim=True).clamp(min=1)
             c_mean = comp.sum(1) / batch.atom_mask.sum(1, keepdim=True).clamp(min=1)
             feats = torch.cat([joint, p_mean, c_mean], -1)
-        z = self.head(feats).squeeze(-1)
+        z = self.head(self.head_norm(feats)).squeeze(-1)
         pred = self.hparams.target_mean + self.hparams.target_std * z
         return {"affinity": pred, "imap": imap, "smap": s, "pair_mask": pair, "joint": joint}
 
@@ -286,5 +309,11 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
     def predict_step(self, batch: AffinityBatch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self(batch)["affinity"]
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule != "cosine":
+            return opt
+        # cosine decay to lr/100 over the run's epochs: few epochs are affordable on CPU, so end annealed
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.hparams.lr / 100)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

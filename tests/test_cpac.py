@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -169,3 +170,49 @@ def test_tiny_mlp_run_beats_mean_predictor(tmp_path: Path) -> None:
     y_test = np.array([r.target for r in dm.sets["test"]])
     mean_rmse = float(np.sqrt(np.mean((y_test - dm.model_kwargs()["target_mean"]) ** 2)))
     assert res["test/rmse"] < mean_rmse
+
+
+def test_head_norm_standardizes_pooled_inputs(tmp_path: Path) -> None:
+    """Pooled features of long proteins barely differ between samples; head_norm standardizes them over the
+    batch in training (unit spread per feature), uses running statistics in evaluation, and a one-sample
+    training batch does not fail."""
+    pl.seed_everything(0)
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 300)) for _ in range(6)]
+    rows = [(SMILES[i], seqs[i % 6], 6.0 + i / 10) for i in range(12)]
+    _, batch = batch_of(tmp_path, rows)
+    model = tiny_cpac(head_pooled=True, head_norm=True).train()
+    seen: dict[str, torch.Tensor] = {}
+    model.head.register_forward_hook(lambda m, inp, out: seen.__setitem__("x", inp[0].detach()))
+    model(batch)
+    x = seen["x"]
+    assert torch.allclose(x.mean(0), torch.zeros(x.shape[1]), atol=1e-4)
+    std = x.std(0, unbiased=False)  # below 1 only where a feature's batch variance is near batch norm's eps
+    assert (std <= 1.0 + 1e-4).all() and (std > 0.8).all() and float(std.mean()) > 0.98
+    assert float(model.head_norm.running_var.mean()) != 1.0  # running statistics updated
+    one = model.head_norm(x[:1])
+    assert one.shape == (1, x.shape[1]) and torch.isfinite(one).all()
+    model.eval()
+    a = model(batch)["affinity"]
+    assert torch.equal(a, model(batch)["affinity"])  # evaluation does not depend on the batch's statistics
+    _, single = batch_of(tmp_path, rows[:1], name="one.tsv")
+    assert torch.allclose(model(single)["affinity"][0], a[0], atol=1e-5)
+
+
+def test_cosine_schedule_anneals_to_lr_over_100() -> None:
+    """lr_schedule=cosine: the learning rate decays per epoch from lr to lr / 100 at the run's last epoch."""
+    model = tiny_cpac(lr=1e-2, lr_schedule="cosine")
+    model.trainer = pl.Trainer(
+        max_epochs=5, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(5):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert isinstance(tiny_cpac().configure_optimizers(), torch.optim.Adam)  # constant: no scheduler
