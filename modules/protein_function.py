@@ -13,12 +13,14 @@ Primary metric: val/fmax (max).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.protein import ProteinBatch
 from plexlab.modules.layers import mlp
 from plexlab.modules.protein_encoders import ProteinEncoder
@@ -70,20 +72,24 @@ def micro_aupr(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def load_encoder_state(encoder: nn.Module, path: str | Path) -> None:
     """Copy `encoder.*` weights of a ProteinMMCL checkpoint (Lightning .ckpt or state dict) into `encoder`."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:  # missing, truncated, or would run code
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(path, f"not a loadable checkpoint: {first[:200]}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a checkpoint or state dict")
+        raise DataError(path, "not a checkpoint or state dict")
     enc = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if not enc:
-        raise ValueError(f"{path}: no 'encoder.*' weights (is it a ProteinMMCL checkpoint?)")
+        raise DataError(path, "no 'encoder.*' weights (is it a ProteinMMCL checkpoint?)")
     own = encoder.state_dict()
     bad = [k for k, v in enc.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise ValueError(f"{path}: encoder shapes differ from this configuration, e.g. {bad[0]}")
+        raise DataError(path, f"encoder shapes differ from this configuration, e.g. {bad[0]}")
     missing, unexpected = encoder.load_state_dict(enc, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: encoder keys differ: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise DataError(path, f"encoder keys differ: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 class ProteinFunction(pl.LightningModule):

@@ -184,7 +184,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `plexlab` command; returns the exit status."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Others' INFO stays theirs: Lightning prints its own, and a root INFO handler would print it twice.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("plexlab").setLevel(logging.INFO)
     try:
         args.run(args)
     except USER_ERRORS as exc:

@@ -24,7 +24,7 @@ import torch
 import yaml
 from plexlab import plots, registry, tracking
 from plexlab.config import ExperimentConfig, flatten, load
-from plexlab.errors import ConfigError
+from plexlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,13 @@ def primary(cfg: ExperimentConfig) -> tuple[str, str]:
 
 def build(cfg: ExperimentConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The data module (set up for fit) and the model, sized by what the data says."""
-    dm = registry.datamodule_class(cfg.data_name)(**cfg.data_args())
-    dm.setup("fit")
+    try:
+        dm = registry.datamodule_class(cfg.data_name)(**cfg.data_args())
+        dm.setup("fit")
+    except DataError as exc:
+        if exc.source == "data" or exc.source.startswith("data."):  # a setting: name the experiment file
+            raise ConfigError(cfg.source, exc.source, exc.problem) from None
+        raise
     model_cls = registry.model_class(cfg.model_name)
     accepted = registry.init_parameters(model_cls)
     derived = dm.model_kwargs() if hasattr(dm, "model_kwargs") else {}
@@ -178,7 +183,7 @@ def _fit(
             where["plexlab.resumed_from"] = hooks.resume_from
         run.set_tags(where)
     try:
-        trainer.fit(model, datamodule=dm, ckpt_path=hooks.resume_from)
+        trainer.fit(model, datamodule=dm, ckpt_path=hooks.resume_from, weights_only=True)
     except SystemExit:  # a scheduler stopped the trial: its best checkpoint is still worth keeping
         if run is not None and trainer.is_global_zero:
             _log_outcome(run, cfg, checkpoint, metric)
@@ -186,7 +191,7 @@ def _fit(
     best = checkpoint.best_model_path or None
     if not best:
         log.warning("%s was never logged: testing the last weights, not the best epoch", metric)
-    results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+    results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     if best_score is not None:

@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 from plexlab import cli, train, tune
+from plexlab.datamodules.errors import DataError
 from test_hypergcl import write_graph
 from test_protein_data import plain, write_pdb
 
@@ -113,7 +114,7 @@ def test_pretrained_encoder_checkpoint_that_runs_code_is_refused(tmp_path: Path)
     marker = tmp_path / "pwned"
     ckpt = poisoned_checkpoint(tmp_path / "mmcl.ckpt", marker)
     assert_payload_is_live(ckpt, marker)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(DataError, match="not a loadable checkpoint"):
         load_encoder_state(torch.nn.Linear(2, 2), ckpt)
     assert not marker.exists()
 
