@@ -353,6 +353,8 @@ def sweep(
     try:
         if started:
             _check_trial_fits(cfg)
+        else:
+            _check_tracking_reaches_every_node(cfg, uri)
         parent = _parent_run(cfg, name, uri, resume)
         parent.set_tags({PATH_TAG: path})
         with tracking.ending(parent):
@@ -384,6 +386,20 @@ def _check_trial_fits(cfg: ExperimentConfig) -> None:
                 f"one trial needs {amount:g} {kind} (workers: {res.workers}, cpu: {res.cpu:g},"
                 f" gpu: {res.gpu:g} each) but this machine's Ray has {have.get(kind, 0.0):g}",
             )
+
+
+def _check_tracking_reaches_every_node(cfg: ExperimentConfig, uri: str) -> None:
+    """Trials on other machines cannot write this machine's SQLite file: their runs would go missing."""
+    if not (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        return
+    hosts = {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+    if len(hosts) > 1:
+        raise ConfigError(
+            cfg.source,
+            "tracking.uri",
+            f"{uri} is a file on this machine but the Ray cluster spans {len(hosts)} hosts;"
+            " give an MLflow server (http://...) or set MLFLOW_TRACKING_URI",
+        )
 
 
 def _objective(cfg: ExperimentConfig) -> tuple[str, str]:

@@ -413,3 +413,17 @@ def test_quickstart_sweep_file_runs_end_to_end_from_the_cli(workdir, shared_data
     assert len(parents) == 1 and len(kids) == 2
     assert all(k.info.status == "FINISHED" and "test/acc" in k.data.metrics for k in kids)
     assert all(k.info.run_name in table.stdout for k in kids)
+
+
+def test_a_cluster_across_hosts_needs_a_tracking_server(workdir, monkeypatch):
+    from plexlab import tune
+    from plexlab.config import load
+
+    cfg = load(sweep_file(workdir))
+    nodes = [{"NodeManagerAddress": host, "Alive": True} for host in ("10.0.0.1", "10.0.0.2")]
+    monkeypatch.setattr(tune.ray, "nodes", lambda: nodes)
+    with pytest.raises(ConfigError, match=r"tracking\.uri: sqlite:///.* spans 2 hosts"):
+        tune._check_tracking_reaches_every_node(cfg, tracking.resolve_uri(None))
+    tune._check_tracking_reaches_every_node(cfg, "http://mlflow.internal:5000")  # a server: fine
+    monkeypatch.setattr(tune.ray, "nodes", lambda: nodes[:1])
+    tune._check_tracking_reaches_every_node(cfg, tracking.resolve_uri(None))  # one host: the file is shared
