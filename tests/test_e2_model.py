@@ -14,14 +14,7 @@ from PIL import Image
 from plexlab.datamodules.image_text import ImageTextDataModule
 from plexlab.modules.e2 import E2, GumbelSelectFusion, clip_loss, retrieval_recall
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core box run ~10x faster on one thread (no spinning worker threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = {

@@ -21,12 +21,7 @@ LAYERS, DIM, HEADS = 2, 32, 4
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "GGW", "MKVLAAGIVGXLLW", "ACDEFGHIKLMNPQRSTVWY"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tokens(seqs: list[str]) -> torch.Tensor:

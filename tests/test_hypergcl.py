@@ -14,14 +14,7 @@ from plexlab.modules.hypergcl import HyperGCL, node_infonce
 from plexlab.modules.hypergraph_views import fabricate
 from plexlab.modules.node_mlp import NodeMLP
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is much faster than contending for a shared machine's cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_graph(folder, n=60, classes=3, edges=None, labels=None, splits=None):

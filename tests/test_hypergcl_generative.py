@@ -13,14 +13,7 @@ from plexlab.modules.hypergraph_vhgae import VHGAE, hard_keep, negative_incidenc
 from plexlab.modules.node_mlp import NodeMLP
 from test_hypergcl import _test_accuracy, write_graph
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is much faster than contending for a shared machine's cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def graph() -> Hypergraph:

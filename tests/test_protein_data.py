@@ -16,14 +16,7 @@ from plexlab.datamodules.protein_graph import RESIDUE_TYPES, GraphCache, GraphSe
 from plexlab.datamodules.protein_reader import Scop2Index, read_fasta, read_labels, read_structure
 from plexlab.datamodules.protein_views import ProteinView, ViewSampler, crop_view
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: intra-op threads only contend (measured 50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def atom(serial, name, resn, chain, resi, xyz, altloc=" ", icode=" ", het=False, elem="C"):

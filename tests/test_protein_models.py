@@ -20,13 +20,7 @@ from plexlab.modules.protein_mmcl import ProteinMMCL
 TINY = {"esm_layers": 2, "esm_dim": 32, "esm_heads": 4, "gnn_dims": [32, 32]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: intra-op threads only contend (measured 50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("model", [ProteinMMCL, ProteinFunction])
