@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -404,14 +404,6 @@ def test_make_secrets_creates_private_hex_secrets_once(tmp_path: Path) -> None:
 # --- the MLflow server as compose runs it (slow: starts a server) ----------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_server_with_the_compose_flags_enforces_auth_and_hosts(tmp_path: Path, services: dict) -> None:
     """The compose command line, on SQLite instead of PostgreSQL: basic auth, allowed hosts, artifacts."""
@@ -481,9 +473,4 @@ def test_mlflow_server_with_the_compose_flags_enforces_auth_and_hosts(tmp_path: 
         assert status(search, auth=True, host="mlflow:5000") == 200
         assert status(search, auth=True, host="evil.example") == 403
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)

@@ -14,18 +14,16 @@ The other faults of the fault suite live with the sweeps, since they need Ray (t
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+from _processes import free_port, start_mlflow_server, stop
 from plexlab.datamodules.protein import ProteinDataModule
 from test_hypergcl import write_graph
 from test_protein_data import plain, write_pdb
@@ -143,71 +141,6 @@ def test_interrupted_cache_write_leaves_nothing_to_trust(structures, tmp_path, m
 # ---- (b) the MLflow tracking server dies mid-run ------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, store: Path, log: Path) -> subprocess.Popen:
-    """`mlflow server` on 127.0.0.1, in its own process group (it runs uvicorn as a child), when healthy."""
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{store / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(store / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log, "ab") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            stop(server)
-            pytest.fail(f"the MLflow server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.5)
-
-
-def stop(process: subprocess.Popen | None) -> None:
-    """Stop a process we started, and its children, by its own process group (never by name)."""
-    if process is None or (process.poll() is not None and not _group_alive(process.pid)):
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            if not _group_alive(process.pid):
-                return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def metrics_of(client: Any, run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every metric of a run with its full history, as the tracking store holds it."""
     keys = list(client.get_run(run_id).data.metrics)
@@ -244,7 +177,7 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
     env.pop("MLFLOW_TRACKING_URI", None)
     server = fit = None
     try:
-        server = start_server(port, store, workdir / "server.log")
+        server = start_mlflow_server(port, store, workdir / "server.log")
         fit = subprocess.Popen(
             [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
             cwd=workdir,
@@ -277,7 +210,7 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
         # Started again on the same store, on another port so that the dying fit cannot reach it: the
         # restart overlaps with the fit's exit instead of following it.
         port = free_port()
-        server = start_server(port, store, workdir / "server.log")
+        server = start_mlflow_server(port, store, workdir / "server.log")
         try:
             _, err = fit.communicate(timeout=90)
         except subprocess.TimeoutExpired:

@@ -7,7 +7,6 @@ group; nothing is killed by name.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from _processes import free_port, start_mlflow_server, stop, wait_for
 from mlflow.tracking import MlflowClient
 from plexlab import api, tracking
 from plexlab.errors import ConfigError
@@ -62,44 +62,6 @@ def children(client: MlflowClient, experiment: str) -> tuple[list, list]:
     runs = client.search_runs([found.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("plexlab.kind") == "sweep"]
     return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process this test started, and everything it started, by pid and process group."""
-    try:
-        family = [process.pid, *(p.pid for p in psutil.Process(process.pid).children(recursive=True))]
-    except psutil.NoSuchProcess:
-        family = [process.pid]
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait(timeout=10)
-
-
-def wait_for(condition, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
@@ -340,40 +302,9 @@ def test_a_trial_larger_than_the_machine_is_refused_before_anything_runs(workdir
 def mlflow_server(workdir):
     """A real `mlflow server` on 127.0.0.1 with its own SQLite store; yields its URI."""
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'server.db'}",
-            "--artifacts-destination",
-            str(workdir / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_mlflow_server(port, workdir / "server", workdir / "server.log")
     try:
-        import requests
-
-        uri = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            try:
-                return requests.get(f"{uri}/health", timeout=2).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, 90, "the MLflow server")
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop(server)
 
