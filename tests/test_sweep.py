@@ -342,7 +342,10 @@ def test_quickstart_sweep_file_runs_end_to_end_from_the_cli(workdir, shared_data
     assert table.returncode == 0, table.stderr[-3000:]
     parents, kids = children(MlflowClient(tracking.resolve_uri(None)), "hypergcl-quickstart")
     assert len(parents) == 1 and len(kids) == 2
-    assert all(k.info.status == "FINISHED" and "test/acc" in k.data.metrics for k in kids)
+    assert all(k.info.status == "FINISHED" and "val/acc_best" in k.data.metrics for k in kids)
+    # Trials that ran to the end were tested on their best epoch; ASHA may have stopped the other one.
+    assert all("test/acc" in k.data.metrics or "plexlab.stopped" in k.data.tags for k in kids)
+    assert any("test/acc" in k.data.metrics for k in kids)
     assert all(k.info.run_name in table.stdout for k in kids)
 
 
