@@ -15,6 +15,8 @@ from plexlab.datamodules.affinity import AffinityDataModule
 from plexlab.modules.affinity_mlp import AffinityMLP
 from plexlab.modules.cpac import CPAC
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMILES = [
     "C", "CC", "CCC", "CCCC", "CCCCC", "CCCCCC", "CCO", "CCCO", "CCCCO", "c1ccccc1", "c1ccccc1O",
     "Cc1ccccc1", "CCc1ccccc1", "CC(=O)O", "CCC(=O)O", "CCN", "CCCN", "NCCN", "OCCO", "c1ccncc1",

@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 from plexlab import api
 from test_hypergcl import write_graph
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def hypergcl(workdir: Path) -> dict[str, Any]:
     folder = workdir / "graph"

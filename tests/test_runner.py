@@ -9,6 +9,8 @@ from plexlab.datamodules.errors import DataError
 from plexlab.errors import ConfigError, TrackingError
 from test_hypergcl import write_graph
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture
 def experiment(workdir):

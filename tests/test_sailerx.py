@@ -22,6 +22,8 @@ from plexlab.modules.sailerx import (
     pairwise_kl,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_bernoulli_recon_uses_pos_weight() -> None:
     logits = torch.tensor([[0.0, 2.0], [-1.0, 0.5]])

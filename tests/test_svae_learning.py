@@ -4,10 +4,13 @@ helps."""
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from _trainer import quiet_trainer
 from plexlab.datamodules.perturbation import PerturbationDataModule
 from plexlab.modules.svae import SVAE, mean_correlation_coefficient
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_DATA = dict(
     simulate=True,

@@ -25,6 +25,8 @@ from plexlab.modules.unitednet import (
     negative_entropy,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_lsgan_losses() -> None:
     real, fake = torch.tensor([0.5, 1.0]), torch.tensor([0.0, 1.0])
