@@ -16,24 +16,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from plexlab import api
+from test_protein_models import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model.esm_layers": 2, "model.esm_dim": 32, "model.esm_heads": 4, "model.gnn_dims": [32, 32]}
 # Small single-domain chains (the same set as test_protein_models), plus the EC-labelled ones less the
 # 800-residue 4zxb chain, so the fine-tuning runs on structures the pretraining saw.
 FILES = [
-    "1l2y.pdb.gz",
-    "pdb1ubi.pdb.gz",
-    "1aki.pdb.gz",
-    "3o5r.pdb.gz",
-    "1k6p.pdb.gz",
-    "5eil.pdb.gz",
-    "2J9H-A.pdb.gz",
-    "1gya.pdb.gz",
-    "2axd.pdb.gz",
-    "pdb1ejg.pdb.gz",
-    "1dix.pdb.gz",
-    "5zng.pdb.gz",
+    *SMALL,
     "4akeA_alg_fixed.pdb.gz",
     "1dix.cif.gz",
     "1o1z.pdb.gz",
