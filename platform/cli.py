@@ -181,12 +181,24 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _configure_logging() -> None:
+    """plexlab's INFO and everyone's warnings on stderr, once. Others' INFO stays theirs: Lightning prints its
+    own, and a root handler passing it on would print every line twice."""
+    root = logging.getLogger()
+    if any(h.get_name() == "plexlab-cli" for h in root.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.set_name("plexlab-cli")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith("plexlab"))
+    root.addHandler(handler)
+    logging.getLogger("plexlab").setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `plexlab` command; returns the exit status."""
     args = parser().parse_args(argv)
-    # Others' INFO stays theirs: Lightning prints its own, and a root INFO handler would print it twice.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("plexlab").setLevel(logging.INFO)
+    _configure_logging()
     try:
         args.run(args)
     except USER_ERRORS as exc:
