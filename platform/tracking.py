@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,11 +147,15 @@ def create_run(
     tags: dict[str, Any] | None = None,
     parent_run_id: str | None = None,
 ) -> Run:
-    """A new RUNNING run in the named experiment (a child run when parent_run_id is given)."""
+    """A new RUNNING run in the named experiment (a child run when parent_run_id is given).
+
+    Without `run_name` the name is the start time plus a random suffix: MLflow's own generated names come
+    from Python's global RNG, which the seeded runs reset, so every run of a seed got the same name.
+    """
+    run_name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     client = MlflowClient(uri)
     all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
-    if run_name:
-        all_tags[MLFLOW_RUN_NAME] = run_name
+    all_tags[MLFLOW_RUN_NAME] = run_name
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = client.create_run(experiment_id(client, experiment, uri), tags=all_tags, run_name=run_name)

@@ -64,6 +64,14 @@ def test_fit_records_one_complete_mlflow_run(experiment, workdir):
     assert result.checkpoint.exists()
 
 
+def test_runs_of_the_same_seed_get_distinct_names(experiment):
+    """The seeded global RNG must not pick the run name: two fits of one file get two names."""
+    first, second = api.fit(experiment), api.fit(experiment)
+    client = MlflowClient(first.tracking_uri)
+    names = {client.get_run(r.run_id).info.run_name for r in (first, second)}
+    assert len(names) == 2
+
+
 def test_test_command_reproduces_the_fit_test_metrics(experiment):
     fitted = api.fit(experiment)
     tested = api.test(experiment, fitted.checkpoint)
