@@ -209,6 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("plexlab: interrupted")
         return 130
+    except SystemExit as exc:
+        # Lightning turns SIGTERM into this SystemExit, whose status would be 0
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exc, SIGTERMException):
+            raise
+        err_console.print("plexlab: terminated (SIGTERM)")
+        return 143
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from unittest import mock
 
 import mlflow
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -175,13 +176,20 @@ def find_run(uri: str, experiment: str, tags: dict[str, str]) -> Run | None:
 
 @contextlib.contextmanager
 def ending(run: Run) -> Iterator[Run]:
-    """End the run FINISHED, or FAILED on an exception; a scheduler's stop (SystemExit) is a normal end.
+    """End the run FINISHED, FAILED on an exception, KILLED on Ctrl-C or SIGTERM; a sweep scheduler's stop
+    (SystemExit) is a normal end.
 
     Ray Tune stops a trial by raising SystemExit inside its report call, so code after `trainer.fit()`
-    never runs: closing here keeps stopped trials from showing as FAILED or staying RUNNING.
+    never runs: closing here keeps stopped trials from showing as FAILED or staying RUNNING. Lightning turns
+    SIGTERM (a cluster scheduler's preemption or `scancel`) into a SystemExit subclass: that run was cut
+    short, not finished.
     """
     try:
         yield run
+    except SIGTERMException:
+        _quietly(run.set_tags, {"plexlab.error": "terminated by SIGTERM"})
+        _quietly(run.end, "KILLED")
+        raise
     except SystemExit:
         _quietly(run.set_tags, {STOP_TAG: "stopped early by the scheduler"})
         _quietly(run.end, "FINISHED")

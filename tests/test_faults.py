@@ -14,6 +14,7 @@ The other faults of the fault suite live with the sweeps, since they need Ray (t
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from _processes import free_port, start_mlflow_server, stop
+from _processes import free_port, start_mlflow_server, stop, wait_for
 from plexlab.datamodules.protein import ProteinDataModule
 from test_hypergcl import write_graph
 from test_protein_data import plain, write_pdb
@@ -233,3 +234,56 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
     finally:
         stop(fit)
         stop(server)
+
+
+# ---- (c) a cluster scheduler terminates the run -------------------------------------------------------
+
+
+def test_sigterm_ends_the_run_killed(workdir: Path) -> None:
+    """SIGTERM (Slurm's preemption, `scancel`, `kill`) while `plexlab fit` trains: the run ends KILLED with
+    the reason, keeps what it logged, and the command exits 143, not 0, so a scheduler sees it was cut."""
+    from mlflow.tracking import MlflowClient
+
+    config = {
+        "name": "terminated",
+        "seed": 0,
+        "model": {"name": "hypergcl", "hidden": 8, "dropout": 0.0},
+        "data": {"name": "hypergraph", "path": str(write_graph(workdir / "graph"))},
+        "trainer": {"max_epochs": 100000, "accelerator": "cpu"},
+        "tracking": {"uri": None},
+    }
+    (workdir / "exp.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    fit = subprocess.Popen(
+        [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    try:
+        run_id = wait_for(
+            lambda: _run_with_metrics(client, "terminated", "val/acc", 3), 180, "three epochs", every=0.3
+        )
+        fit.send_signal(signal.SIGTERM)
+        _, err = fit.communicate(timeout=60)
+    finally:
+        if fit.poll() is None:
+            stop(fit)
+    run = client.get_run(run_id)
+    assert fit.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "plexlab: terminated (SIGTERM)"
+    assert run.info.status == "KILLED" and run.data.tags["plexlab.error"] == "terminated by SIGTERM"
+    assert len(client.get_metric_history(run_id, "val/acc")) >= 3
+
+
+def _run_with_metrics(client: Any, experiment: str, key: str, points: int) -> str | None:
+    """The experiment's run id once it has logged `points` values of `key`, else None."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    if runs and len(client.get_metric_history(runs[0].info.run_id, key)) >= points:
+        return runs[0].info.run_id
+    return None
