@@ -148,6 +148,28 @@ def metrics_of(client: Any, run_id: str) -> dict[str, list[tuple[int, float]]]:
     return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
 
 
+def start_endless_fit(workdir: Path, name: str, uri: str | None, env: dict[str, str]) -> subprocess.Popen:
+    """`plexlab fit` of a tiny hypergraph model with far more epochs than it will live, in its own group."""
+    config = {
+        "name": name,
+        "seed": 0,
+        "model": {"name": "hypergcl", "hidden": 8, "dropout": 0.0},
+        "data": {"name": "hypergraph", "path": str(write_graph(workdir / "graph"))},
+        "trainer": {"max_epochs": 100000, "accelerator": "cpu"},
+        "tracking": {"uri": uri},
+    }
+    (workdir / "exp.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.Popen(
+        [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
     """`plexlab fit` against a real `mlflow server`, which is stopped while the model trains: the command
     stops with status 2 and one line naming the server (MLflow's retries are turned off here, so it fails
@@ -159,16 +181,6 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
     store.mkdir()
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    config = {
-        "name": "server-dies",
-        "seed": 0,
-        "model": {"name": "hypergcl", "hidden": 8, "dropout": 0.0},
-        "data": {"name": "hypergraph", "path": str(write_graph(workdir / "graph"))},
-        # Far more epochs than it will live: the server is stopped while it trains.
-        "trainer": {"max_epochs": 100000, "accelerator": "cpu"},
-        "tracking": {"uri": uri},
-    }
-    (workdir / "exp.yaml").write_text(yaml.safe_dump(config))
     env = {
         **os.environ,
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -179,15 +191,7 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
     server = fit = None
     try:
         server = start_mlflow_server(port, store, workdir / "server.log")
-        fit = subprocess.Popen(
-            [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        fit = start_endless_fit(workdir, "server-dies", uri, env)  # the server is stopped while it trains
         client = MlflowClient(uri)
         deadline = time.monotonic() + 180
         run_id = None
@@ -244,25 +248,8 @@ def test_sigterm_ends_the_run_killed(workdir: Path) -> None:
     the reason, keeps what it logged, and the command exits 143, not 0, so a scheduler sees it was cut."""
     from mlflow.tracking import MlflowClient
 
-    config = {
-        "name": "terminated",
-        "seed": 0,
-        "model": {"name": "hypergcl", "hidden": 8, "dropout": 0.0},
-        "data": {"name": "hypergraph", "path": str(write_graph(workdir / "graph"))},
-        "trainer": {"max_epochs": 100000, "accelerator": "cpu"},
-        "tracking": {"uri": None},
-    }
-    (workdir / "exp.yaml").write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    fit = subprocess.Popen(
-        [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    fit = start_endless_fit(workdir, "terminated", None, env)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     try:
         run_id = wait_for(
