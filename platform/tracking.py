@@ -175,24 +175,24 @@ def find_run(uri: str, experiment: str, tags: dict[str, str]) -> Run | None:
 
 
 @contextlib.contextmanager
-def ending(run: Run) -> Iterator[Run]:
+def ending(run: Run, *, sigterm_is_stop: bool = False) -> Iterator[Run]:
     """End the run FINISHED, FAILED on an exception, KILLED on Ctrl-C or SIGTERM; a sweep scheduler's stop
     (SystemExit) is a normal end.
 
     Ray Tune stops a trial by raising SystemExit inside its report call, so code after `trainer.fit()`
     never runs: closing here keeps stopped trials from showing as FAILED or staying RUNNING. Lightning turns
-    SIGTERM (a cluster scheduler's preemption or `scancel`) into a SystemExit subclass: that run was cut
-    short, not finished.
+    SIGTERM into a SystemExit subclass: outside a sweep that is a cluster scheduler's preemption or
+    `scancel`, a run cut short; inside a trial (`sigterm_is_stop`) it is also how Ray stops the trial.
     """
     try:
         yield run
-    except SIGTERMException:
-        _quietly(run.set_tags, {"plexlab.error": "terminated by SIGTERM"})
-        _quietly(run.end, "KILLED")
-        raise
-    except SystemExit:
-        _quietly(run.set_tags, {STOP_TAG: "stopped early by the scheduler"})
-        _quietly(run.end, "FINISHED")
+    except SystemExit as exc:
+        if isinstance(exc, SIGTERMException) and not sigterm_is_stop:
+            _quietly(run.set_tags, {"plexlab.error": "terminated by SIGTERM"})
+            _quietly(run.end, "KILLED")
+        else:
+            _quietly(run.set_tags, {STOP_TAG: "stopped early by the scheduler"})
+            _quietly(run.end, "FINISHED")
         raise
     except BaseException as exc:
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()

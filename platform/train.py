@@ -138,6 +138,7 @@ def fit(
     hooks = hooks or TrainerHooks()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     uri = tracking.resolve_uri(cfg.tracking.uri)
+    in_sweep = run is not None  # a sweep trial's run, which the trial closes
     if track and run is None:
         tracking.check(uri)
     dm, model = build(cfg)
@@ -150,7 +151,8 @@ def fit(
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=workdir / "checkpoints", filename="best", monitor=metric, mode=mode, save_top_k=1
     )
-    with tracking.ending(run) if run else contextlib.nullcontext(), tracking.failures_named(uri):
+    ending = tracking.ending(run, sigterm_is_stop=in_sweep) if run else contextlib.nullcontext()
+    with ending, tracking.failures_named(uri):
         return _fit(cfg, dm, model, run, workdir, hooks, checkpoint, metric)
 
 

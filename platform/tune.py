@@ -186,7 +186,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], meta: dict[str, A
     torch.set_num_threads(max(1, int(meta["cpu"])))
     run = _trial_run(cfg, meta["parent_run_id"], context.get_trial_id(), context.get_trial_name())
     run.set_tags({"plexlab.ray_node": ray.get_runtime_context().get_node_id()})
-    with tracking.ending(run):
+    with tracking.ending(run, sigterm_is_stop=True):
         if meta["workers"] > 1:
             _fit_distributed(cfg, run, meta, context.get_trial_id())
             return

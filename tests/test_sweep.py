@@ -69,7 +69,9 @@ def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
     client = MlflowClient(result.tracking_uri)
     (parent,), kids = children(client, "tiny-sweep")
     assert parent.info.run_id == result.parent_run_id and parent.info.status == "FINISHED"
-    assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids)
+    assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids), [
+        (k.info.status, {t: v for t, v in k.data.tags.items() if t.startswith("plexlab.")}) for k in kids
+    ]
     assert len({k.data.tags["plexlab.trial_id"] for k in kids}) == 6
     assert all(k.info.run_name == k.data.tags["plexlab.trial_id"] for k in kids)
     for kid in kids:
