@@ -12,3 +12,9 @@ class DataError(ValueError):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for a one-line
+    error; cut to `limit` characters when given."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from plexlab.datamodules.errors import DataError
+from plexlab.datamodules.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,7 @@ def _load(path: Path):
         else:
             st = gemmi.read_pdb_string(text)
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with a message naming the line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(path, f"cannot parse: {msg}") from exc
+        raise DataError(path, f"cannot parse: {first_line(exc)}") from exc
     if len(st) == 0 or sum(len(ch) for ch in st[0]) == 0:
         raise DataError(path, "no atoms (empty or truncated structure)")
     n_models = len(st)

@@ -20,7 +20,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from plexlab.datamodules.errors import DataError
+from plexlab.datamodules.errors import DataError, first_line
 from plexlab.datamodules.protein import ProteinBatch
 from plexlab.modules.layers import mlp
 from plexlab.modules.protein_encoders import ProteinEncoder
@@ -75,8 +75,7 @@ def load_encoder_state(encoder: nn.Module, path: str | Path) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:  # missing, truncated, or would run code
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(path, f"not a loadable checkpoint: {first[:200]}") from None
+        raise DataError(path, f"not a loadable checkpoint: {first_line(exc, 200)}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise DataError(path, "not a checkpoint or state dict")

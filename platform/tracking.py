@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from plexlab.datamodules.errors import first_line
 from plexlab.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ def check(uri: str) -> None:
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # connection refused, 401, TLS, ...: all mean "cannot track here"
-            raise TrackingError(f"MLflow tracking server {uri} is not usable: {_first_line(exc)}") from None
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not usable: {first_line(exc, 300)}"
+            ) from None
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -209,7 +212,9 @@ def failures_named(uri: str) -> Iterator[None]:
     try:
         yield
     except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"MLflow tracking at {uri} failed during the run: {_first_line(exc)}") from exc
+        raise TrackingError(
+            f"MLflow tracking at {uri} failed during the run: {first_line(exc, 300)}"
+        ) from exc
 
 
 def _quietly(fn: Any, *args: Any) -> None:
@@ -217,11 +222,7 @@ def _quietly(fn: Any, *args: Any) -> None:
     try:
         fn(*args)
     except Exception as exc:  # one line: the error on its way out is the one to read
-        log.warning("could not update the MLflow run: %s", _first_line(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log.warning("could not update the MLflow run: %s", first_line(exc, 300))
 
 
 def metric_history(run: Run, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
