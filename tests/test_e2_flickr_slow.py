@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-import torch
 import yaml
 from _trainer import quiet_trainer
 from plexlab.datamodules.image_text import ImageTextDataModule
@@ -39,13 +38,9 @@ def run_flickr(overrides: dict[str, Any] | None = None, seed: int | None = None)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")  # tiny model: one thread is much faster on a shared box
 def test_e2_flickr_headline(shared_data: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: one thread is much faster on a shared box
-    try:
-        metrics = run_flickr()
-    finally:
-        torch.set_num_threads(threads)
+    metrics = run_flickr()
     log.info("e2 flickr8k_1k test metrics: %s", metrics)
     print({k: round(v, 3) for k, v in metrics.items()})
     chance = 10 / 100

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
-import torch
 import yaml
 from _trainer import quiet_trainer
 from plexlab.datamodules.perturbation import PerturbationDataModule
@@ -36,8 +35,8 @@ def _run(variant: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_svae_plus_recovers_simulated_latents_better_than_vae():
-    torch.set_num_threads(1)
     plus, vae = _run("svae+"), _run("vae")
     assert plus["test/mcc"] >= 0.8
     assert plus["test/mcc"] > vae["test/mcc"]
