@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -193,18 +192,7 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
         server = start_mlflow_server(port, store, workdir / "server.log")
         fit = start_endless_fit(workdir, "server-dies", uri, env)  # the server is stopped while it trains
         client = MlflowClient(uri)
-        deadline = time.monotonic() + 180
-        run_id = None
-        while time.monotonic() < deadline:
-            assert fit.poll() is None, f"fit ended before the server was stopped: {fit.communicate()}"
-            experiment = client.get_experiment_by_name("server-dies")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if runs:
-                run_id = runs[0].info.run_id
-                if len(client.get_metric_history(run_id, "val/acc")) >= 3:
-                    break
-            time.sleep(0.3)
-        assert run_id is not None, "the run never logged metrics"
+        run_id = wait_for_epochs(fit, client, "server-dies", 3)
         before = metrics_of(client, run_id)
         assert {"val/acc", "train/loss"} <= set(before) and len(before["val/acc"]) >= 3
         params = client.get_run(run_id).data.params
@@ -252,9 +240,7 @@ def test_sigterm_ends_the_run_killed(workdir: Path) -> None:
     fit = start_endless_fit(workdir, "terminated", None, env)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     try:
-        run_id = wait_for(
-            lambda: _run_with_metrics(client, "terminated", "val/acc", 3), 180, "three epochs", every=0.3
-        )
+        run_id = wait_for_epochs(fit, client, "terminated", 3)
         fit.send_signal(signal.SIGTERM)
         _, err = fit.communicate(timeout=60)
     finally:
@@ -267,10 +253,16 @@ def test_sigterm_ends_the_run_killed(workdir: Path) -> None:
     assert len(client.get_metric_history(run_id, "val/acc")) >= 3
 
 
-def _run_with_metrics(client: Any, experiment: str, key: str, points: int) -> str | None:
-    """The experiment's run id once it has logged `points` values of `key`, else None."""
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id]) if exp else []
-    if runs and len(client.get_metric_history(runs[0].info.run_id, key)) >= points:
-        return runs[0].info.run_id
-    return None
+def wait_for_epochs(fit: subprocess.Popen, client: Any, experiment: str, epochs: int) -> str:
+    """The id of the experiment's run once it has logged `epochs` values of val/acc; fails at once if the
+    fit ends first."""
+
+    def logged() -> str | None:
+        assert fit.poll() is None, f"fit ended before it was interrupted: {fit.communicate()}"
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= epochs:
+            return runs[0].info.run_id
+        return None
+
+    return wait_for(logged, 180, f"{epochs} epochs of {experiment}", every=0.3)
