@@ -25,15 +25,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    """The condition's first truthy value, polled until the timeout."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 1.0,
+    process: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> Any:
+    """The condition's first truthy value, polled until the timeout. Fails at once if `process` exits first;
+    a failure ends with the tail of `log`, so a CI log shows why."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited ({process.returncode}) while waiting for {what}{log_tail(log)}")
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{log_tail(log)}")
+
+
+def log_tail(log: Path | None, chars: int = 4000) -> str:
+    """'; the end of <log>: ...', or '' when there is no log, to end a failure message with."""
+    if log is None or not log.exists():
+        return ""
+    return f"; the end of {log.name}:\n{log.read_text(errors='replace')[-chars:]}"
 
 
 def stop(process: subprocess.Popen | None) -> None:
@@ -88,9 +105,7 @@ def start_mlflow_server(port: int, store: Path, log: Path) -> subprocess.Popen:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: server.poll() is not None or _healthy(uri), 90, "the MLflow server", every=0.5)
-        if server.poll() is not None:
-            raise AssertionError(f"the MLflow server exited: {log.read_text()[-2000:]}")
+        wait_for(lambda: _healthy(uri), 90, "the MLflow server", every=0.5, process=server, log=log)
     except BaseException:
         stop(server)
         raise

@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import yaml
-from _processes import free_port, start_mlflow_server, stop, wait_for
+from _processes import free_port, log_tail, start_mlflow_server, stop, wait_for
 from mlflow.tracking import MlflowClient
 from plexlab import api, tracking
 from plexlab.errors import ConfigError
@@ -26,11 +28,11 @@ pytestmark = pytest.mark.ray
 PLEXLAB = [sys.executable, "-m", "plexlab.cli"]
 
 
-def sweep_file(workdir: Path, name: str = "tiny-sweep", epochs: int = 9, **sweep) -> Path:
+def sweep_file(workdir: Path, name: str = "tiny-sweep", epochs: int = 9, nodes: int = 60, **sweep) -> Path:
     """A tiny hypergcl sweep file; `sweep` overrides the sweep section."""
     folder = workdir / "graph"
     if not folder.exists():
-        write_graph(folder)
+        write_graph(folder, n=nodes)
     config = {
         "name": name,
         "seed": 0,
@@ -107,20 +109,46 @@ def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
 
 
 def _start_sweep(config: Path, workdir: Path, *extra: str) -> subprocess.Popen:
-    log = open(workdir / f"driver-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen(
-        [*PLEXLAB, "sweep", str(config), *extra],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    """`plexlab sweep` in its own process group; its output goes to the file at `.log`."""
+    log = workdir / f"driver-{time.monotonic_ns()}.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(
+            [*PLEXLAB, "sweep", str(config), *extra],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    driver.log = log
+    return driver
+
+
+def _wait_on(driver: subprocess.Popen, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """wait_for while the driver runs: fails at once if it exits, and shows the end of its log."""
+    return wait_for(condition, timeout, what, every=0.25, process=driver, log=driver.log)
+
+
+# Trials the tests interrupt midway. On 60 nodes a trial could finish between two polls; 2,000 nodes make an
+# epoch about 0.1 s, so a trial spends seconds between its first checkpoint and its end.
+MIDWAY = {"epochs": 40, "nodes": 2000, "checkpoint_every": 2}
+
+
+def _midway(client: MlflowClient, run: Any) -> bool:
+    """The run is RUNNING with a checkpoint behind it (4 epochs logged, one checkpoint every 2)."""
+    return run.info.status == "RUNNING" and len(client.get_metric_history(run.info.run_id, "val/acc")) >= 4
+
+
+def _assert_exits_cleanly(driver: subprocess.Popen, timeout: float = 400) -> None:
+    """The driver exits 0 within the timeout; a failure shows the end of its log."""
+    try:
+        status = driver.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the driver still runs after {timeout:.0f} s{log_tail(driver.log)}") from None
+    assert status == 0, f"the driver exited {status}{log_tail(driver.log)}"
 
 
 def test_sweep_resumes_after_the_driver_is_killed(workdir):
-    config = sweep_file(
-        workdir, epochs=40, num_samples=3, max_concurrent=1, checkpoint_every=2, scheduler={"name": "fifo"}
-    )
+    config = sweep_file(workdir, num_samples=3, max_concurrent=1, scheduler={"name": "fifo"}, **MIDWAY)
     client = MlflowClient(tracking.resolve_uri(None))
     driver = _start_sweep(config, workdir)
     try:
@@ -128,11 +156,10 @@ def test_sweep_resumes_after_the_driver_is_killed(workdir):
         def one_done_one_midway():
             _, kids = children(client, "tiny-sweep")
             done = [k for k in kids if k.info.status == "FINISHED"]
-            running = [k for k in kids if k.info.status == "RUNNING"]
-            midway = [k for k in running if len(client.get_metric_history(k.info.run_id, "val/acc")) >= 6]
+            midway = [k for k in kids if _midway(client, k)]
             return (done, midway) if done and midway else None
 
-        done, midway = wait_for(one_done_one_midway, 300, "a finished trial and one midway")
+        done, midway = _wait_on(driver, one_done_one_midway, 300, "a finished trial and one midway")
         os.kill(driver.pid, signal.SIGKILL)
     finally:
         stop(driver)
@@ -140,7 +167,7 @@ def test_sweep_resumes_after_the_driver_is_killed(workdir):
 
     resumed = _start_sweep(config, workdir, "--resume")
     try:
-        assert resumed.wait(timeout=400) == 0, workdir / "driver.log"
+        _assert_exits_cleanly(resumed)
     finally:
         stop(resumed)
     (parent,), kids = children(client, "tiny-sweep")
@@ -173,13 +200,7 @@ def _trial_processes(driver: subprocess.Popen) -> list[psutil.Process]:
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint(workdir):
     config = sweep_file(
-        workdir,
-        epochs=40,
-        num_samples=2,
-        max_concurrent=1,
-        max_failures=1,
-        checkpoint_every=2,
-        scheduler={"name": "fifo"},
+        workdir, num_samples=2, max_concurrent=1, max_failures=1, scheduler={"name": "fifo"}, **MIDWAY
     )
     client = MlflowClient(tracking.resolve_uri(None))
     driver = _start_sweep(config, workdir)
@@ -187,13 +208,12 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(workdir):
 
         def midway():
             _, kids = children(client, "tiny-sweep")
-            running = [k for k in kids if k.info.status == "RUNNING"]
-            return [k for k in running if len(client.get_metric_history(k.info.run_id, "val/acc")) >= 6]
+            return [k for k in kids if _midway(client, k)]
 
-        (victim,) = wait_for(midway, 300, "a trial midway")
-        (worker,) = wait_for(lambda: _trial_processes(driver), 60, "the trial's worker process")
+        (victim,) = _wait_on(driver, midway, 300, "a trial midway")
+        (worker,) = _wait_on(driver, lambda: _trial_processes(driver), 60, "the trial's worker process")
         worker.kill()
-        assert driver.wait(timeout=400) == 0
+        _assert_exits_cleanly(driver)
     finally:
         stop(driver)
     _, kids = children(client, "tiny-sweep")
