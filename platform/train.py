@@ -138,7 +138,7 @@ def fit(
     hooks = hooks or TrainerHooks()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     uri = tracking.resolve_uri(cfg.tracking.uri)
-    in_sweep = run is not None  # a sweep trial's run, which the trial closes
+    in_sweep = run is not None  # a trial's run (also rank 0 of a DDP trial): SIGTERM is Ray stopping it
     if track and run is None:
         tracking.check(uri)
     dm, model = build(cfg)

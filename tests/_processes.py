@@ -33,15 +33,16 @@ def wait_for(
     process: subprocess.Popen | None = None,
     log: Path | None = None,
 ) -> Any:
-    """The condition's first truthy value, polled until the timeout. Fails at once if `process` exits first;
-    a failure ends with the tail of `log`, so a CI log shows why."""
+    """The condition's first truthy value, polled until the timeout. Fails at once if `process` exits first,
+    ending the message with its output (the tail of `log`, or its piped stderr), so a CI log shows why."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"exited ({process.returncode}) while waiting for {what}{log_tail(log)}")
+            output = log_tail(log) if log else _stderr_tail(process)
+            raise AssertionError(f"exited ({process.returncode}) while waiting for {what}{output}")
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{log_tail(log)}")
 
@@ -51,6 +52,14 @@ def log_tail(log: Path | None, chars: int = 4000) -> str:
     if log is None or not log.exists():
         return ""
     return f"; the end of {log.name}:\n{log.read_text(errors='replace')[-chars:]}"
+
+
+def _stderr_tail(process: subprocess.Popen, chars: int = 4000) -> str:
+    """The end of an exited process's piped stderr (text mode), or '' when it was not piped."""
+    if process.stderr is None:
+        return ""
+    _, err = process.communicate()  # it has exited: this reads what is left without waiting
+    return f"; the end of its stderr:\n{err[-chars:]}"
 
 
 def stop(process: subprocess.Popen | None) -> None:

@@ -258,11 +258,10 @@ def wait_for_epochs(fit: subprocess.Popen, client: Any, experiment: str, epochs:
     fit ends first."""
 
     def logged() -> str | None:
-        assert fit.poll() is None, f"fit ended before it was interrupted: {fit.communicate()}"
         exp = client.get_experiment_by_name(experiment)
         runs = client.search_runs([exp.experiment_id]) if exp else []
         if runs and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= epochs:
             return runs[0].info.run_id
         return None
 
-    return wait_for(logged, 180, f"{epochs} epochs of {experiment}", every=0.3)
+    return wait_for(logged, 180, f"{epochs} epochs of {experiment}", every=0.3, process=fit)
