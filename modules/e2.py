@@ -24,7 +24,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from plexlab.datamodules.image_text import ImageTextBatch
+from plexlab.datamodules.image_text.datamodule import ImageTextBatch
 from torch import nn
 
 log = logging.getLogger(__name__)

@@ -120,7 +120,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from plexlab.datamodules.perturbation_sim import write_sparse_shift
+    from plexlab.datamodules.single_cell.perturbation_sim import write_sparse_shift
 
     console.print(f"wrote {write_sparse_shift(args.out, **_overrides(args.set))}")
 

@@ -45,41 +45,53 @@ MODELS: dict[str, Entry] = {
     e.name: e
     for e in [
         Entry(
-            "hypergcl", f"{_M}.hypergcl:HyperGCL", "HyperGCL: hypergraph contrastive learning (AllDeepSets)"
+            "hypergcl",
+            f"{_M}.hypergraph.hypergcl:HyperGCL",
+            "HyperGCL: hypergraph contrastive learning (AllDeepSets)",
         ),
         Entry(
-            "node_mlp", f"{_M}.node_mlp:NodeMLP", "MLP on node features: the baseline for node classification"
+            "node_mlp",
+            f"{_M}.hypergraph.node_mlp:NodeMLP",
+            "MLP on node features: the baseline for node classification",
         ),
         Entry(
             "protein_mmcl",
-            f"{_M}.protein_mmcl:ProteinMMCL",
+            f"{_M}.protein.mmcl:ProteinMMCL",
             "ESM-2 + relational GNN, contrastive pretraining with domain-informed views",
             "protein",
         ),
         Entry(
             "protein_function",
-            f"{_M}.protein_function:ProteinFunction",
+            f"{_M}.protein.function:ProteinFunction",
             "EC/GO multi-label fine-tuning on the fused ESM + GNN embedding",
             "protein",
         ),
         Entry(
-            "sailerx", f"{_M}.sailerx:SAILERX", "SAILERX: invariant multi-modal single-cell VAE", "singlecell"
+            "sailerx",
+            f"{_M}.single_cell.sailerx:SAILERX",
+            "SAILERX: invariant multi-modal single-cell VAE",
+            "singlecell",
         ),
         Entry(
             "unitednet",
-            f"{_M}.unitednet:UnitedNet",
+            f"{_M}.single_cell.unitednet:UnitedNet",
             "UnitedNet: explainable multi-task single-cell network",
             "singlecell",
         ),
         Entry(
-            "svae", f"{_M}.svae:SVAE", "sVAE+: sparse mechanism shift VAE for perturbations (and baselines)"
+            "svae",
+            f"{_M}.single_cell.svae:SVAE",
+            "sVAE+: sparse mechanism shift VAE for perturbations (and baselines)",
         ),
         Entry(
-            "cpac", f"{_M}.cpac:CPAC", "CPAC: compound-protein affinity and contact prediction", "affinity"
+            "cpac",
+            f"{_M}.affinity.cpac:CPAC",
+            "CPAC: compound-protein affinity and contact prediction",
+            "affinity",
         ),
         Entry(
             "affinity_mlp",
-            f"{_M}.affinity_mlp:AffinityMLP",
+            f"{_M}.affinity.mlp:AffinityMLP",
             "fingerprint + composition MLP: the baseline for affinity",
             "affinity",
         ),
@@ -97,30 +109,30 @@ DATAMODULES: dict[str, Entry] = {
         ),
         Entry(
             "protein",
-            f"{_D}.protein:ProteinDataModule",
+            f"{_D}.protein.datamodule:ProteinDataModule",
             "PDB/mmCIF structures + sequences, labels TSV, SCOP2/SIFTS families",
             "protein",
         ),
         Entry(
             "single_cell",
-            f"{_D}.single_cell:SingleCellDataModule",
+            f"{_D}.single_cell.datamodule:SingleCellDataModule",
             "AnnData (.h5ad) / MuData (.h5mu), in memory or backed",
             "singlecell",
         ),
         Entry(
             "perturbation",
-            f"{_D}.perturbation:PerturbationDataModule",
+            f"{_D}.single_cell.perturbation:PerturbationDataModule",
             "AnnData with perturbation labels, or the sparse-shift simulator",
         ),
         Entry(
             "affinity",
-            f"{_D}.affinity:AffinityDataModule",
+            f"{_D}.affinity.datamodule:AffinityDataModule",
             "SMILES + protein sequence + affinity TSV, optional contact maps",
             "affinity",
         ),
         Entry(
             "image_text",
-            f"{_D}.image_text:ImageTextDataModule",
+            f"{_D}.image_text.datamodule:ImageTextDataModule",
             "a folder of images and a captions CSV",
             "vision",
         ),

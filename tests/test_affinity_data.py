@@ -8,9 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from plexlab.datamodules.affinity import AffinityDataModule, BucketBatchSampler, band_edges, ca_contact_map
+from plexlab.datamodules.affinity.datamodule import (
+    AffinityDataModule,
+    BucketBatchSampler,
+    band_edges,
+    ca_contact_map,
+)
+from plexlab.datamodules.affinity.molecule import ATOM_DIM, featurize_smiles, protein_composition
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.molecule import ATOM_DIM, featurize_smiles, protein_composition
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "OC(=O)c1ccccc1"]
 SEQS = ["MKTAYIAKQR", "GSHMLEDPVW", "ACDEFGHIKLMNPQ"]

@@ -626,7 +626,7 @@ def test_error_after_the_run_started_leaves_it_failed(workdir: Path, capsys, mon
     """A record found bad only while training (a lazily read file): the run ends FAILED with the reason as
     a tag, never RUNNING, and the command still prints one line with exit status 2."""
     from plexlab.datamodules.errors import DataError
-    from plexlab.modules.hypergcl import HyperGCL
+    from plexlab.modules.hypergraph.hypergcl import HyperGCL
 
     bad_file = workdir / "graph" / "features.npz"
 

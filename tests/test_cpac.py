@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from _trainer import quiet_trainer
-from plexlab.datamodules.affinity import AffinityDataModule
-from plexlab.modules.affinity_mlp import AffinityMLP
-from plexlab.modules.cpac import CPAC
+from plexlab.datamodules.affinity.datamodule import AffinityDataModule
+from plexlab.modules.affinity.cpac import CPAC
+from plexlab.modules.affinity.mlp import AffinityMLP
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,7 +35,7 @@ def tiny_cpac(**kw) -> CPAC:
     args = dict(hidden=16, chunk_size=4, gnn_layers=2, gnn_heads=2, gcn_layers=2, head_hidden=16, dropout=0.0)
     args.update(kw)
     dm_kw = {"atom_dim": 39, "protein_vocab": 22, "target_mean": 6.0, "target_std": 1.5}
-    from plexlab.datamodules.molecule import ATOM_DIM
+    from plexlab.datamodules.affinity.molecule import ATOM_DIM
 
     dm_kw["atom_dim"] = ATOM_DIM
     return CPAC(**dm_kw, **args)
@@ -129,7 +129,7 @@ def test_loss_terms_hand_computed(tmp_path: Path) -> None:
 
 def _synthetic(tmp_path: Path) -> Path:
     """Affinity = 4 + 0.4 * heavy atoms + a per-protein offset: learnable from the graph and the sequence."""
-    from plexlab.datamodules.molecule import featurize_smiles
+    from plexlab.datamodules.affinity.molecule import featurize_smiles
 
     offsets = [0.0, 1.5, -1.0, 0.7]
     rows = []
@@ -223,7 +223,7 @@ def test_cosine_schedule_anneals_to_lr_over_100() -> None:
 def test_compiled_joint_matches_eager() -> None:
     """compile_joint fuses sum_ij I_ij tanh(P_i * C_j); values and gradients stay those of the eager form,
     for two shapes (compiled once, dynamic)."""
-    from plexlab.modules.cpac import compiled_joint_embedding, joint_embedding
+    from plexlab.modules.affinity.cpac import compiled_joint_embedding, joint_embedding
 
     gen = torch.Generator().manual_seed(0)
     for shape in ((3, 11, 5, 4), (2, 17, 7, 4)):

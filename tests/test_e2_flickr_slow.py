@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import pytest
 import yaml
 from _trainer import quiet_trainer
-from plexlab.datamodules.image_text import ImageTextDataModule
+from plexlab.datamodules.image_text.datamodule import ImageTextDataModule
 from plexlab.modules.e2 import E2
 
 ROOT = Path(__file__).resolve().parents[1]

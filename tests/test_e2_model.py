@@ -11,7 +11,7 @@ import pytest
 import torch
 from _trainer import quiet_trainer
 from PIL import Image
-from plexlab.datamodules.image_text import ImageTextDataModule
+from plexlab.datamodules.image_text.datamodule import ImageTextDataModule
 from plexlab.modules.e2 import E2, GumbelSelectFusion, clip_loss, retrieval_recall
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,9 +13,9 @@ import esm
 import pytest
 import torch
 from esm.multihead_attention import MultiheadAttention as EsmAttention
-from plexlab.datamodules.protein import esm_alphabet
-from plexlab.modules.protein_encoders import SdpaAttention, SequenceEncoder, _sdpa_attention
-from plexlab.modules.protein_mmcl import ProteinMMCL
+from plexlab.datamodules.protein.datamodule import esm_alphabet
+from plexlab.modules.protein.encoders import SdpaAttention, SequenceEncoder, _sdpa_attention
+from plexlab.modules.protein.mmcl import ProteinMMCL
 
 LAYERS, DIM, HEADS = 2, 32, 4
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "GGW", "MKVLAAGIVGXLLW", "ACDEFGHIKLMNPQRSTVWY"]

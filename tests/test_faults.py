@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 from _processes import free_port, start_mlflow_server, stop, wait_for
-from plexlab.datamodules.protein import ProteinDataModule
+from plexlab.datamodules.protein.datamodule import ProteinDataModule
 from test_hypergcl import write_graph
 from test_protein_data import plain, write_pdb
 

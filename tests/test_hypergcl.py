@@ -10,9 +10,9 @@ import scipy.sparse as sp
 import torch
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.hypergraph import Hypergraph, HypergraphDataModule
-from plexlab.modules.hypergcl import HyperGCL, node_infonce
-from plexlab.modules.hypergraph_views import fabricate
-from plexlab.modules.node_mlp import NodeMLP
+from plexlab.modules.hypergraph.hypergcl import HyperGCL, node_infonce
+from plexlab.modules.hypergraph.node_mlp import NodeMLP
+from plexlab.modules.hypergraph.views import fabricate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,9 +8,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from plexlab.datamodules.hypergraph import Hypergraph, HypergraphDataModule
-from plexlab.modules.hypergcl import AllDeepSets, HyperGCL
-from plexlab.modules.hypergraph_vhgae import VHGAE, hard_keep, negative_incidences, vhgae_loss
-from plexlab.modules.node_mlp import NodeMLP
+from plexlab.modules.hypergraph.hypergcl import AllDeepSets, HyperGCL
+from plexlab.modules.hypergraph.node_mlp import NodeMLP
+from plexlab.modules.hypergraph.vhgae import VHGAE, hard_keep, negative_incidences, vhgae_loss
 from test_hypergcl import _test_accuracy, write_graph
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

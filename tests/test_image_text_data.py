@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.image_text import (
+from plexlab.datamodules.image_text.datamodule import (
     CLIP_MEAN,
     CLIP_STD,
     ImageTextDataModule,

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.perturbation import PerturbationDataModule
-from plexlab.datamodules.perturbation_sim import write_sparse_shift
+from plexlab.datamodules.single_cell.perturbation import PerturbationDataModule
+from plexlab.datamodules.single_cell.perturbation_sim import write_sparse_shift
 
 SIM = dict(
     n_perturbations=8, n_cells_per_perturbation=20, n_control_cells=20, n_latents=4, n_genes=12, n_hidden=8

@@ -3,7 +3,7 @@
 import anndata
 import numpy as np
 import pytest
-from plexlab.datamodules.perturbation_sim import simulate_sparse_shift, write_sparse_shift
+from plexlab.datamodules.single_cell.perturbation_sim import simulate_sparse_shift, write_sparse_shift
 
 SMALL = dict(
     n_perturbations=12, n_cells_per_perturbation=30, n_control_cells=40, n_latents=6, n_genes=25, n_hidden=10

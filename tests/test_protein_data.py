@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.protein import ProteinDataModule
-from plexlab.datamodules.protein_graph import RESIDUE_TYPES, GraphCache, GraphSettings, build_edges
-from plexlab.datamodules.protein_reader import Scop2Index, read_fasta, read_labels, read_structure
-from plexlab.datamodules.protein_views import ProteinView, ViewSampler, crop_view
+from plexlab.datamodules.protein.datamodule import ProteinDataModule
+from plexlab.datamodules.protein.graph import RESIDUE_TYPES, GraphCache, GraphSettings, build_edges
+from plexlab.datamodules.protein.reader import Scop2Index, read_fasta, read_labels, read_structure
+from plexlab.datamodules.protein.views import ProteinView, ViewSampler, crop_view
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

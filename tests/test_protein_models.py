@@ -11,11 +11,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from _trainer import quiet_trainer
-from plexlab.datamodules.protein import ProteinBatch, ProteinDataModule, esm_alphabet
+from plexlab.datamodules.protein.datamodule import ProteinBatch, ProteinDataModule, esm_alphabet
 from plexlab.modules.contrastive import info_nce
-from plexlab.modules.protein_encoders import ProteinEncoder, RelationalConv, SequenceEncoder
-from plexlab.modules.protein_function import ProteinFunction, fmax, micro_aupr
-from plexlab.modules.protein_mmcl import ProteinMMCL
+from plexlab.modules.protein.encoders import ProteinEncoder, RelationalConv, SequenceEncoder
+from plexlab.modules.protein.function import ProteinFunction, fmax, micro_aupr
+from plexlab.modules.protein.mmcl import ProteinMMCL
 
 TINY = {"esm_layers": 2, "esm_dim": 32, "esm_heads": 4, "gnn_dims": [32, 32]}
 

@@ -89,7 +89,7 @@ def test_embed_writes_one_row_per_node_in_id_order(experiment, workdir):
 
 
 def test_failing_run_ends_failed_with_the_reason(experiment, monkeypatch):
-    from plexlab.modules.hypergcl import HyperGCL
+    from plexlab.modules.hypergraph.hypergcl import HyperGCL
 
     def explode(self, batch, batch_idx):
         if self.current_epoch == 2:

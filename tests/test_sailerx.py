@@ -11,8 +11,8 @@ import pytest
 import torch
 from _single_cell_data import make_cite
 from _trainer import quiet_trainer
-from plexlab.datamodules.single_cell import SingleCellDataModule
-from plexlab.modules.sailerx import (
+from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
+from plexlab.modules.single_cell.sailerx import (
     SAILERX,
     alignment_loss,
     bernoulli_recon,

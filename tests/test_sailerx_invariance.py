@@ -61,14 +61,14 @@ def compare(
     import lightning.pytorch as pl
     import torch
     from _trainer import quiet_trainer
-    from plexlab.datamodules.single_cell import SingleCellDataModule
-    from plexlab.modules.sailerx import SAILERX
-    from plexlab.modules.single_cell_eval import (
+    from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
+    from plexlab.modules.single_cell.evaluation import (
         cluster_metrics,
         embed_cells,
         leiden_clusters,
         library_leakage,
     )
+    from plexlab.modules.single_cell.sailerx import SAILERX
 
     # one thread: on a few shared cores, torch's waiting threads made each step about 10x slower
     torch.set_num_threads(1)

@@ -109,7 +109,7 @@ def test_resumed_trial_checkpoint_that_runs_code_is_refused(workdir: Path) -> No
 
 
 def test_pretrained_encoder_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
-    from plexlab.modules.protein_function import load_encoder_state
+    from plexlab.modules.protein.function import load_encoder_state
 
     marker = tmp_path / "pwned"
     ckpt = poisoned_checkpoint(tmp_path / "mmcl.ckpt", marker)
@@ -120,7 +120,7 @@ def test_pretrained_encoder_checkpoint_that_runs_code_is_refused(tmp_path: Path)
 
 
 def test_poisoned_protein_graph_cache_entry_is_rebuilt_without_running_it(tmp_path: Path) -> None:
-    from plexlab.datamodules.protein import ProteinDataModule
+    from plexlab.datamodules.protein.datamodule import ProteinDataModule
 
     folder = tmp_path / "structures"
     folder.mkdir()

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.single_cell import SingleCellDataModule
+from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
 
 
 def make_adata(n: int = 60, g: int = 30, seed: int = 0) -> ad.AnnData:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 from _trainer import quiet_trainer
-from plexlab.datamodules.perturbation import PerturbationDataModule
-from plexlab.modules.svae import SVAE, mean_correlation_coefficient
+from plexlab.datamodules.single_cell.perturbation import PerturbationDataModule
+from plexlab.modules.single_cell.svae import SVAE, mean_correlation_coefficient
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

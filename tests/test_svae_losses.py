@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from plexlab.modules.svae import (
+from plexlab.modules.single_cell.svae import (
     SVAE,
     beta_sparsity_log_prob,
     graph_scores,

@@ -11,8 +11,8 @@ import lightning.pytorch as pl
 import pytest
 import yaml
 from _trainer import quiet_trainer
-from plexlab.datamodules.perturbation import PerturbationDataModule
-from plexlab.modules.svae import SVAE
+from plexlab.datamodules.single_cell.perturbation import PerturbationDataModule
+from plexlab.modules.single_cell.svae import SVAE
 
 CONFIG = Path(__file__).resolve().parents[1] / "sweeps" / "svae_sim.yaml"
 

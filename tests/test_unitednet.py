@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from _single_cell_data import make_cite
 from _trainer import quiet_trainer
-from plexlab.datamodules.single_cell import SingleCellDataModule
-from plexlab.modules.unitednet import (
+from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
+from plexlab.modules.single_cell.unitednet import (
     R2Accumulator,
     UnitedNet,
     balanced_cross_entropy,

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_unitednet_citeseq(shared_data: Path, tmp_path: Path) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from plexlab.datamodules.single_cell import SingleCellDataModule
-    from plexlab.modules.single_cell_eval import cluster_metrics, embed_cells, leiden_clusters
-    from plexlab.modules.unitednet import UnitedNet
+    from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
+    from plexlab.modules.single_cell.evaluation import cluster_metrics, embed_cells, leiden_clusters
+    from plexlab.modules.single_cell.unitednet import UnitedNet
 
     cfg = yaml.safe_load((ROOT / "sweeps" / "unitednet_citeseq.yaml").read_text())
     data = {k: v for k, v in cfg["data"].items() if k != "name"}

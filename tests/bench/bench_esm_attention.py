@@ -45,7 +45,7 @@ def peak_flops(name: str) -> float | None:
 
 
 def batch_tokens(n: int, length: int, seed: int = 0) -> torch.Tensor:
-    from plexlab.datamodules.protein import esm_alphabet
+    from plexlab.datamodules.protein.datamodule import esm_alphabet
 
     g = torch.Generator().manual_seed(seed)
     letters = "ACDEFGHIKLMNPQRSTVWY"
@@ -87,7 +87,7 @@ def time_steps(enc, tokens: torch.Tensor, steps: int, warmup: int, device: str, 
 
 
 def run(shape: str, batch: int, length: int, steps: int, warmup: int, device: str, bf16: bool) -> dict:
-    from plexlab.modules.protein_encoders import SequenceEncoder
+    from plexlab.modules.protein.encoders import SequenceEncoder
 
     layers, dim, heads = SHAPES[shape]
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ DATA = Path(os.environ.get("PLEXLAB_SHARED_DATA", ROOT.parent / "shared" / "data
 
 def setup_once(path: Path, cache: Path) -> tuple[float, int, int]:
     """Seconds for one data module's setup("fit"), and the structure files and chains it saw."""
-    from plexlab.datamodules.protein import ProteinDataModule
+    from plexlab.datamodules.protein.datamodule import ProteinDataModule
 
     start = time.perf_counter()
     dm = ProteinDataModule(path=str(path), cache_dir=str(cache))
@@ -38,8 +38,8 @@ def setup_once(path: Path, cache: Path) -> tuple[float, int, int]:
 
 def stages(path: Path) -> dict[str, float]:
     """Cold seconds per stage, summed over files: hash, read (gemmi), featurize (graph edges), write (.pt)."""
-    from plexlab.datamodules.protein_graph import GraphCache, GraphSettings, featurize, file_digest
-    from plexlab.datamodules.protein_reader import is_structure_file, read_structure
+    from plexlab.datamodules.protein.graph import GraphCache, GraphSettings, featurize, file_digest
+    from plexlab.datamodules.protein.reader import is_structure_file, read_structure
 
     settings = GraphSettings(2, 10.0, 10, 5, 10)
     cache = GraphCache(tempfile.mkdtemp(prefix="protein_stage_cache_"), settings)

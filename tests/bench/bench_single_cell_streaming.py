@@ -74,7 +74,7 @@ def generate(path: Path, cells: int, genes: int, density: float, chunk: int = 10
 def reader(path: str, batch_size: int, max_batches: int | None, threads: int) -> dict[str, float]:
     """In this (fresh) process: setup, then iterate the train loader; seconds, cells and peak RSS."""
     import torch
-    from plexlab.datamodules.single_cell import SingleCellDataModule
+    from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
 
     torch.set_num_threads(threads)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10

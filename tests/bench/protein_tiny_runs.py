@@ -15,9 +15,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from plexlab.datamodules.protein import ProteinDataModule
-from plexlab.modules.protein_function import ProteinFunction
-from plexlab.modules.protein_mmcl import ProteinMMCL
+from plexlab.datamodules.protein.datamodule import ProteinDataModule
+from plexlab.modules.protein.function import ProteinFunction
+from plexlab.modules.protein.mmcl import ProteinMMCL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared quiet trainer
 from _trainer import quiet_trainer

@@ -29,8 +29,8 @@ perturbations with cells.
 Metrics: ``val/elbo`` (primary, per cell, one posterior sample, deterministic masks), ``val/nll``, ``val/kl``,
 ``val/mask_density``, and, when the data module carries ground truth (the simulator): ``val/mcc``,
 ``val/target_precision``, ``val/target_recall``, ``val/target_f1``. The three-stage transfer to held-out
-perturbations lives in ``plexlab.modules.svae_transfer`` and runs from ``export_artifacts`` when the data
-module holds perturbations out.
+perturbations lives in ``plexlab.modules.single_cell.svae_transfer`` and runs from ``export_artifacts``
+when the data module holds perturbations out.
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ class SVAE(pl.LightningModule):
         """Simulation scores and mask plot (when ground truth exists); the transfer table (when perturbations
         are
         held out): ``transfer_elbo.csv`` per held-out perturbation and ``transfer_summary.csv``."""
-        from plexlab.modules.svae_transfer import plot_masks, run_transfer
+        from plexlab.modules.single_cell.svae_transfer import plot_masks, run_transfer
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

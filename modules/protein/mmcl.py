@@ -24,9 +24,9 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from plexlab.datamodules.protein import ProteinBatch, ProteinPairBatch
+from plexlab.datamodules.protein.datamodule import ProteinBatch, ProteinPairBatch
 from plexlab.modules.contrastive import info_nce, retrieval_accuracy
-from plexlab.modules.protein_encoders import ProteinEncoder
+from plexlab.modules.protein.encoders import ProteinEncoder
 from torch import nn
 
 

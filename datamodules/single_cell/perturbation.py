@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.perturbation_sim import simulate_sparse_shift
+from plexlab.datamodules.single_cell.perturbation_sim import simulate_sparse_shift
 from torch.utils.data import DataLoader, Dataset
 
 logger = logging.getLogger(__name__)

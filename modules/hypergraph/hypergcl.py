@@ -8,7 +8,7 @@ original graph + `contrast_weight` x the node-level InfoNCE between two fabricat
 
 `aug` picks the fabricated view; "none" trains the plain AllDeepSets encoder (the ablation).
 
-`views="generative"` adds the VHGAE view generator (modules/hypergraph_vhgae.py), whose per-incidence hard
+`views="generative"` adds the VHGAE view generator (modules/hypergraph/vhgae.py), whose per-incidence hard
 keep weights enter the encoder through `View.weight`. Each training step then alternates two optimizers
 (manual optimization, only in this mode): the generator minimises L_VHGAE - `generator_contrast_weight` x
 InfoNCE(original graph, generated view), so it learns views that reconstruct the incidence yet are hard to
@@ -24,10 +24,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.hypergraph import Hypergraph, NodeBatch
-from plexlab.modules.hypergraph_vhgae import VHGAE
-from plexlab.modules.hypergraph_views import View, fabricate
-from plexlab.modules.node_classifier import NodeClassifier
-from plexlab.modules.node_mlp import mlp
+from plexlab.modules.hypergraph.node_classifier import NodeClassifier
+from plexlab.modules.hypergraph.node_mlp import mlp
+from plexlab.modules.hypergraph.vhgae import VHGAE
+from plexlab.modules.hypergraph.views import View, fabricate
 from torch import nn
 
 

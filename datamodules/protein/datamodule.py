@@ -31,15 +31,15 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.protein_graph import NUM_RESIDUE_TYPES, GraphCache, GraphSettings
-from plexlab.datamodules.protein_reader import (
+from plexlab.datamodules.protein.graph import NUM_RESIDUE_TYPES, GraphCache, GraphSettings
+from plexlab.datamodules.protein.reader import (
     ChainSkip,
     Scop2Index,
     is_structure_file,
     read_fasta,
     read_labels,
 )
-from plexlab.datamodules.protein_views import ProteinView, ViewSampler, crop_view, parse_view
+from plexlab.datamodules.protein.views import ProteinView, ViewSampler, crop_view, parse_view
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 

@@ -6,7 +6,7 @@ import itertools
 
 import torch
 from plexlab.datamodules.hypergraph import NodeBatch
-from plexlab.modules.node_classifier import NodeClassifier
+from plexlab.modules.hypergraph.node_classifier import NodeClassifier
 from torch import nn
 
 

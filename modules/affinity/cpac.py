@@ -1,6 +1,6 @@
 """CPAC: compound-protein affinity and contact prediction from sequences, contact maps and molecular graphs.
 
-Consumes `plexlab.datamodules.affinity.AffinityBatch`.
+Consumes `plexlab.datamodules.affinity.datamodule.AffinityBatch`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from plexlab.datamodules.affinity import AffinityBatch
-from plexlab.modules.affinity_eval import AffinityEvalMixin
+from plexlab.datamodules.affinity.datamodule import AffinityBatch
+from plexlab.modules.affinity.evaluation import AffinityEvalMixin
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 

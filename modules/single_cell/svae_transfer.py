@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from plexlab.modules.svae import SVAE, kl_to_prior
+from plexlab.modules.single_cell.svae import SVAE, kl_to_prior
 
 logger = logging.getLogger(__name__)
 

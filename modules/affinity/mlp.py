@@ -1,7 +1,7 @@
 """AffinityMLP: the fingerprint + composition baseline for compound-protein affinity.
 
-Consumes `plexlab.datamodules.affinity.AffinityBatch`; the data module computes the features (Morgan bits and
-amino-acid + dipeptide composition), so this module never imports RDKit.
+Consumes `plexlab.datamodules.affinity.datamodule.AffinityBatch`; the data module computes the features
+(Morgan bits and amino-acid + dipeptide composition), so this module never imports RDKit.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from plexlab.datamodules.affinity import AffinityBatch
-from plexlab.modules.affinity_eval import AffinityEvalMixin
+from plexlab.datamodules.affinity.datamodule import AffinityBatch
+from plexlab.modules.affinity.evaluation import AffinityEvalMixin
 from plexlab.modules.layers import mlp
 
 

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from plexlab.datamodules.single_cell import SingleCellBatch
+from plexlab.datamodules.single_cell.datamodule import SingleCellBatch
 from plexlab.modules.layers import mlp
 from torch import nn
 
@@ -459,8 +459,8 @@ class UnitedNet(pl.LightningModule):
 
     def export_artifacts(self, datamodule: Any, out_dir: Path) -> None:
         """UMAP + cluster metrics of the fused embedding, cross-modal R^2 table, SHAP tables and plots."""
-        from plexlab.modules.single_cell_eval import evaluate_cells
-        from plexlab.modules.unitednet_explain import explain
+        from plexlab.modules.single_cell.evaluation import evaluate_cells
+        from plexlab.modules.single_cell.unitednet_explain import explain
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

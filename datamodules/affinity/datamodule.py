@@ -35,8 +35,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.molecule import (
+from plexlab.datamodules.affinity.molecule import (
     ATOM_DIM,
     COMPOSITION_DIM,
     PROTEIN_VOCAB,
@@ -48,6 +47,7 @@ from plexlab.datamodules.molecule import (
     morgan_fingerprint,
     protein_composition,
 )
+from plexlab.datamodules.errors import DataError
 from torch.utils.data import DataLoader, Sampler
 
 log = logging.getLogger(__name__)

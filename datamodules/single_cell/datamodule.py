@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.single_cell_reader import SingleCellFile, write_embedding_copy
+from plexlab.datamodules.single_cell.reader import SingleCellFile, write_embedding_copy
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 log = logging.getLogger(__name__)

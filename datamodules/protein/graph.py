@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from plexlab.datamodules.protein_reader import ChainRecord, ChainSkip, read_structure
+from plexlab.datamodules.protein.reader import ChainRecord, ChainSkip, read_structure
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from plexlab.datamodules.single_cell import SingleCellBatch
+from plexlab.datamodules.single_cell.datamodule import SingleCellBatch
 from plexlab.modules.layers import mlp
 from torch import nn
 
@@ -272,7 +272,7 @@ class SAILERX(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
-        from plexlab.modules.single_cell_eval import cluster_metrics, library_leakage
+        from plexlab.modules.single_cell.evaluation import cluster_metrics, library_leakage
 
         if not self._val:
             return
@@ -306,6 +306,6 @@ class SAILERX(pl.LightningModule):
     def export_artifacts(self, datamodule: Any, out_dir: Path) -> None:
         """Embedding of all cells: Leiden clusters, metrics TSV (clusters vs labels, library leakage),
         UMAP."""
-        from plexlab.modules.single_cell_eval import evaluate_cells
+        from plexlab.modules.single_cell.evaluation import evaluate_cells
 
         evaluate_cells(self, datamodule, Path(out_dir), "sailerx", self.hparams.leiden_resolution)

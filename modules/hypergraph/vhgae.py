@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.hypergraph import Hypergraph
-from plexlab.modules.hypergraph_views import View
-from plexlab.modules.node_mlp import mlp
+from plexlab.modules.hypergraph.node_mlp import mlp
+from plexlab.modules.hypergraph.views import View
 from torch import nn
 
 

@@ -21,10 +21,10 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.errors import DataError, first_line
-from plexlab.datamodules.protein import ProteinBatch
+from plexlab.datamodules.protein.datamodule import ProteinBatch
 from plexlab.modules.layers import mlp
-from plexlab.modules.protein_encoders import ProteinEncoder
-from plexlab.modules.protein_mmcl import encoder_param_groups
+from plexlab.modules.protein.encoders import ProteinEncoder
+from plexlab.modules.protein.mmcl import encoder_param_groups
 from torch import nn
 
 

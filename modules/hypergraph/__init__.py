@@ -1,0 +1,1 @@
+"""hypergraph family."""
