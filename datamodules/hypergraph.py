@@ -146,7 +146,7 @@ class HypergraphDataModule(pl.LightningDataModule):
     reported on nodes never used for selection; a split that lists "val" nodes itself is used as given.
     """
 
-    def __init__(self, path: str, split: int = 0, val_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(self, path: str | Path, split: int = 0, val_fraction: float = 0.2, seed: int = 0) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise DataError(path, f"val_fraction must be in [0, 1), got {val_fraction}")

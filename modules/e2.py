@@ -132,7 +132,7 @@ class E2(pl.LightningModule):
         max_text_length: int = 77,
         image_size: int = 224,
         num_entities: int = 5,
-        clip_path: str | None = None,
+        clip_path: Path | str | None = None,
         vision_width: int = 768,
         vision_layers: int = 12,
         vision_heads: int = 12,

@@ -1,7 +1,8 @@
 """The Python API: what the CLI does, callable from a script or a notebook.
 
-Overrides are dotted keys, given as a dict or as keyword arguments with `__` for the dot:
-`fit("sweeps/hypergcl_cora.yaml", model__lr=0.01)` equals `plexlab fit ... --set model.lr=0.01`.
+Overrides are dotted keys, given as a dict, as `KEY=VALUE` strings (what `--set` takes), or as keyword
+arguments with `__` for the dot: `fit("sweeps/hypergcl_cora.yaml", model__lr=0.01)` equals
+`plexlab fit ... --set model.lr=0.01`.
 """
 
 from __future__ import annotations
@@ -10,45 +11,57 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from plexlab import registry, runs_table, train
-from plexlab.config import ExperimentConfig
+from plexlab import contract, registry, runs_table, tracking, train
+from plexlab.config import ExperimentConfig, load, parse_override
 from plexlab.train import FitResult
 
 if TYPE_CHECKING:
-    from plexlab.tune import SweepResult
+    from plexlab.sweep_runs import SweepResult
 
 Config = str | Path | dict[str, Any] | ExperimentConfig
+Overrides = dict[str, Any] | list[str] | None
 
-__all__ = ["FitResult", "datamodules", "embed", "fit", "models", "runs", "sweep", "test"]
+__all__ = [
+    "FitResult",
+    "datamodules",
+    "embed",
+    "fit",
+    "models",
+    "runs",
+    "simulate",
+    "sweep",
+    "sweep_status",
+    "test",
+    "tracking_uri",
+]
 
 
-def _merge(overrides: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _merge(overrides: Overrides, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(item) for item in overrides)
     return {**(overrides or {}), **{k.replace("__", "."): v for k, v in kwargs.items()}}
 
 
-def fit(config: Config, overrides: dict[str, Any] | None = None, **kwargs: Any) -> FitResult:
+def fit(config: Config, overrides: Overrides = None, **kwargs: Any) -> FitResult:
     """Train and test one model; returns test metrics, the MLflow run id and the best checkpoint."""
     return train.fit(config, _merge(overrides, kwargs))
 
 
-def test(
-    config: Config, ckpt: str | Path, overrides: dict[str, Any] | None = None, **kwargs: Any
-) -> FitResult:
+def test(config: Config, ckpt: str | Path, overrides: Overrides = None, **kwargs: Any) -> FitResult:
     """Evaluate a checkpoint on the config's test split (recorded as an MLflow run)."""
     return train.test(config, ckpt, _merge(overrides, kwargs))
 
 
 def embed(
-    config: Config, ckpt: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, **kwargs: Any
+    config: Config, ckpt: str | Path, out: str | Path, overrides: Overrides = None, **kwargs: Any
 ) -> Path:
     """Write every sample's embedding: into a copy of the input where the data module can (AnnData),
     else an .npz with `ids` and `embedding`."""
-    ids, values, dm = train.predict(config, ckpt, _merge(overrides, kwargs))
+    merged = _merge(overrides, kwargs)
+    ids, values, dm = train.predict(config, ckpt, merged)
     out = Path(out)
-    writer = getattr(dm, "write_embedding", None)
-    if writer is not None:
-        cfg = train.load(config, _merge(overrides, kwargs))
-        return Path(writer(values, out, cfg.model_name))
+    if isinstance(dm, contract.WritesEmbedding):
+        return Path(dm.write_embedding(values, out, load(config, merged).model_name))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npz")
     np.savez(tmp, ids=np.asarray(ids), embedding=values)
@@ -58,7 +71,7 @@ def embed(
 
 def sweep(
     config: Config,
-    overrides: dict[str, Any] | None = None,
+    overrides: Overrides = None,
     *,
     address: str | None = None,
     storage: str | None = None,
@@ -67,14 +80,35 @@ def sweep(
 ) -> SweepResult:
     """Run (or resume) the config's sweep with Ray Tune; returns the best config, metric, checkpoint and
     the MLflow parent run id."""
-    from plexlab import tune
+    from plexlab import sweep as driver
 
-    return tune.sweep(config, _merge(overrides, kwargs), address=address, storage=storage, resume=resume)
+    return driver.sweep(config, _merge(overrides, kwargs), address=address, storage=storage, resume=resume)
+
+
+def sweep_status(config: Config, overrides: Overrides = None, **kwargs: Any) -> tuple[str, int, list[dict]]:
+    """A sweep's progress from MLflow: its name, its planned trial count and one row per recorded trial."""
+    from plexlab import sweep as driver
+
+    return driver.status_rows(config, _merge(overrides, kwargs))
 
 
 def runs(experiment: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """The experiment's runs as rows (run, status, params that vary, metrics), best first."""
     return runs_table.rows(experiment, tracking_uri)
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The tracking store runs go to: `uri`, else MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
+    return tracking.resolve_uri(uri)
+
+
+def simulate(kind: str, out: str | Path, overrides: Overrides = None, **kwargs: Any) -> Path:
+    """Write a simulated data set; `sparse-shift`: perturbations for svae (.h5ad)."""
+    if kind != "sparse-shift":
+        raise ValueError(f"unknown simulation {kind!r}; known: sparse-shift")
+    from plexlab.datamodules.single_cell.perturbation_sim import write_sparse_shift
+
+    return Path(write_sparse_shift(out, **_merge(overrides, kwargs)))
 
 
 def models() -> dict[str, str]:

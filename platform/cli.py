@@ -21,81 +21,22 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _overrides(items: list[str] | None) -> dict[str, Any]:
-    from plexlab.config import parse_override
+def _api() -> Any:
+    """plexlab.api, imported on first use: it loads torch and Lightning, which `plexlab --help` need not."""
+    from plexlab import api
 
-    return dict(parse_override(item) for item in items or [])
+    return api
 
 
-def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    """Rows of dicts as one rich table: every key that any row has is a column, numbers to 4 digits."""
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in sorted(metrics.items()):
-        table.add_row(key, f"{value:.4f}")
-    return table
-
-
-def cmd_fit(args: argparse.Namespace) -> None:
-    from plexlab import api
-
-    result = api.fit(args.config, _overrides(args.set))
-    console.print(_metrics_table(f"{result.config.name}: test on the best epoch", result.metrics))
-    console.print(f"run {result.run_id}  ({result.tracking_uri})\nbest checkpoint {result.checkpoint}")
-
-
-def cmd_test(args: argparse.Namespace) -> None:
-    from plexlab import api
-
-    result = api.test(args.config, args.ckpt, _overrides(args.set))
-    console.print(_metrics_table(f"{result.config.name}: {args.ckpt}", result.metrics))
-    console.print(f"run {result.run_id}")
-
-
-def cmd_embed(args: argparse.Namespace) -> None:
-    from plexlab import api
-
-    console.print(f"wrote {api.embed(args.config, args.ckpt, args.out, _overrides(args.set))}")
-
-
-def cmd_sweep(args: argparse.Namespace) -> None:
-    from plexlab import tune
-
-    if args.status:
-        console.print(tune.status_table(args.config, _overrides(args.set), storage=args.storage))
-        return
-    result = tune.sweep(
-        args.config, _overrides(args.set), address=args.address, storage=args.storage, resume=args.resume
-    )
-    console.print(tune.summary_table(result))
-
-
-def cmd_list(args: argparse.Namespace) -> None:
-    from plexlab import api
-
-    for title, entries in (("models", api.models()), ("data modules", api.datamodules())):
-        table = Table(title=title)
-        table.add_column("name")
-        table.add_column("summary")
-        for name, summary in entries.items():
-            table.add_row(name, summary)
-        console.print(table)
-
-
-def cmd_runs(args: argparse.Namespace) -> None:
-    from plexlab import api
-
-    rows = api.runs(args.experiment, args.uri)[: args.limit]
-    if not rows:
-        console.print(f"{args.experiment}: no runs yet")
-        return
-    columns = list(dict.fromkeys(k for row in rows for k in row if k != "run_id"))
-    table = Table(title=f"{args.experiment}: {len(rows)} runs, best first")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
+    return table
 
 
 def _cell(value: Any) -> str:
@@ -109,10 +50,62 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def cmd_ui(args: argparse.Namespace) -> None:
-    from plexlab import tracking
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    return _table(title, [{"metric": k, "value": v} for k, v in sorted(metrics.items())])
 
-    uri = tracking.resolve_uri(args.uri)
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    result = _api().fit(args.config, args.set)
+    console.print(_metrics_table(f"{result.config.name}: test on the best epoch", result.metrics))
+    console.print(f"run {result.run_id}  ({result.tracking_uri})\nbest checkpoint {result.checkpoint}")
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    result = _api().test(args.config, args.ckpt, args.set)
+    console.print(_metrics_table(f"{result.config.name}: {args.ckpt}", result.metrics))
+    console.print(f"run {result.run_id}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    console.print(f"wrote {_api().embed(args.config, args.ckpt, args.out, args.set)}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    if args.status:
+        name, planned, rows = _api().sweep_status(args.config, args.set)
+        columns = list(dict.fromkeys(k for row in rows for k in row if k not in ("run_id", "parent")))
+        console.print(_table(f"sweep {name}: {len(rows)} of {planned} trials recorded", rows, columns))
+        return
+    result = _api().sweep(
+        args.config, args.set, address=args.address, storage=args.storage, resume=args.resume
+    )
+    scored = sorted(
+        (r for r in result.trials if r[result.metric] is not None),
+        key=lambda r: r[result.metric],
+        reverse=result.mode == "max",
+    )
+    ordered = scored + [r for r in result.trials if r[result.metric] is None]
+    table = _table(f"{len(result.trials)} trials; best {result.metric} = {result.best_metric:.4f}", ordered)
+    table.caption = f"MLflow parent run {result.parent_run_id}; best checkpoint {result.best_checkpoint}"
+    console.print(table)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    for title, entries in (("models", _api().models()), ("data modules", _api().datamodules())):
+        console.print(_table(title, [{"name": n, "summary": s} for n, s in entries.items()]))
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    rows = _api().runs(args.experiment, args.uri)[: args.limit]
+    if not rows:
+        console.print(f"{args.experiment}: no runs yet")
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row if k != "run_id"))
+    console.print(_table(f"{args.experiment}: {len(rows)} runs, best first", rows, columns))
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    uri = _api().tracking_uri(args.uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port)]
     console.print(f"MLflow dashboard on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
@@ -120,9 +113,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from plexlab.datamodules.single_cell.perturbation_sim import write_sparse_shift
-
-    console.print(f"wrote {write_sparse_shift(args.out, **_overrides(args.set))}")
+    console.print(f"wrote {_api().simulate(args.kind, args.out, args.set)}")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,16 +12,17 @@ import hashlib
 import inspect
 import json
 import subprocess
+import types
+import typing
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from plexlab import registry
+from plexlab.datamodules.paths import MayNotExist
 from plexlab.errors import ConfigError, RegistryError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-
-PATH_SUFFIXES = ("_path", "_dir", "_file")
 
 
 class _Strict(BaseModel):
@@ -119,9 +120,11 @@ class ExperimentConfig(_Strict):
         """The resolved config, as it would be written back to YAML."""
         return self.model_dump(mode="json", exclude_none=False)
 
-    def config_hash(self) -> str:
-        """A short hash of the resolved config without tracking settings: equal configs train the same."""
-        body = {k: v for k, v in self.to_dict().items() if k not in ("tracking", "sweep")}
+    def config_hash(self, *, include_sweep: bool = False) -> str:
+        """A short hash of the resolved config without tracking settings: equal configs train the same.
+        With `include_sweep`, the sweep section counts too (it names a sweep, not a training)."""
+        skip = ("tracking",) if include_sweep else ("tracking", "sweep")
+        body = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
     def flat_params(self) -> dict[str, Any]:
@@ -223,8 +226,6 @@ def validate(
         raise ConfigError(source, key, problem) from None
     cfg.model = _validate_section(cfg.model, "model", registry.model_class, source)
     cfg.data = _validate_section(cfg.data, "data", registry.datamodule_class, source)
-    _resolve_paths(cfg.data, "data", source)
-    _resolve_paths(cfg.model, "model", source)
     cfg.trainer = _validate_trainer(cfg.trainer, source)
     if cfg.sweep is not None:
         _validate_space(cfg, source)
@@ -246,8 +247,39 @@ def _validate_section(section: dict[str, Any], kind: str, lookup: Any, source: s
             continue
         if key not in params:
             raise ConfigError(source, f"{kind}.{key}", f"unknown key for {name}; valid: {', '.join(params)}")
-        out[key] = _check_value(params[key].annotation, value, source, f"{kind}.{key}")
+        annotation = params[key].annotation
+        out[key] = _check_value(annotation, value, source, f"{kind}.{key}")
+        role = path_role(annotation)
+        if role is not None and out[key] not in (None, ""):
+            out[key] = _resolve_path(str(out[key]), role, source, f"{kind}.{key}")
     return out
+
+
+def path_role(annotation: Any) -> Literal["input", "output"] | None:
+    """How a class argument declares a path (see plexlab.contract): "input" for `pathlib.Path` (must exist),
+    "output" for `OutputPath` (may be created), alone or in a union; None for anything else."""
+    members = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    roles = set()
+    for member in members:
+        if typing.get_origin(member) is Annotated:
+            base, *extras = typing.get_args(member)
+            if base is Path:
+                roles.add("output" if any(isinstance(e, MayNotExist) for e in extras) else "input")
+        elif member is Path:
+            roles.add("input")
+    return "output" if "output" in roles else "input" if roles else None
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _resolve_path(value: str, role: str, source: str, key: str) -> str:
+    """Absolute (trials run in other directories), and present unless the class may create it."""
+    path = Path(value).expanduser().resolve()
+    if role == "input" and not path.exists():
+        raise ConfigError(source, key, f"no such file or directory: {value}")
+    return str(path)
 
 
 @cache
@@ -266,16 +298,6 @@ def _check_value(annotation: Any, value: Any, source: str, key: str) -> Any:
         return adapter.validate_python(value)
     except ValidationError as exc:
         raise ConfigError(source, key, f"{exc.errors()[0]['msg']} (got {value!r})") from None
-
-
-def _resolve_paths(section: dict[str, Any], kind: str, source: str) -> None:
-    """Make path arguments absolute (trials run in other directories) and check that they exist."""
-    for key, value in section.items():
-        if isinstance(value, str) and value and (key == "path" or key.endswith(PATH_SUFFIXES)):
-            path = Path(value).expanduser().resolve()
-            if not path.exists() and not key.startswith(("cache", "out")):
-                raise ConfigError(source, f"{kind}.{key}", f"no such file or directory: {value}")
-            section[key] = str(path)
 
 
 # Keys the runner owns: a config may not set them.

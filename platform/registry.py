@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 
+from plexlab import contract
 from plexlab.errors import RegistryError
 
 
@@ -141,11 +142,16 @@ DATAMODULES: dict[str, Entry] = {
 
 
 def _with_entry_points(table: dict[str, Entry], group: str) -> dict[str, Entry]:
-    found = {
-        ep.name: Entry(ep.name, ep.value, f"from {ep.dist.name if ep.dist else 'a plugin'}")
-        for ep in entry_points(group=group)
-    }
-    return {**found, **table}
+    """Built-in entries plus the plugins' ones; a plugin reusing a built-in name is refused, not shadowed."""
+    found = {}
+    for ep in entry_points(group=group):
+        plugin = ep.dist.name if ep.dist else "a plugin"
+        if ep.name in table:
+            raise RegistryError(
+                f"{plugin} registers {ep.name!r} in {group}, a built-in name: rename the plugin's entry point"
+            )
+        found[ep.name] = Entry(ep.name, ep.value, f"from {plugin}")
+    return {**table, **found}
 
 
 @cache
@@ -160,26 +166,32 @@ def datamodules() -> dict[str, Entry]:
     return _with_entry_points(DATAMODULES, "plexlab.datamodules")
 
 
-def _lookup(table: dict[str, Entry], kind: str, name: str) -> type:
+def _lookup(table: dict[str, Entry], kind: str, name: str) -> Entry:
     if name not in table:
         raise RegistryError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
-    return table[name].load()
+    return table[name]
 
 
+@cache
 def model_class(name: str) -> type:
-    """The LightningModule class registered as `name`."""
-    return _lookup(models(), "model", name)
+    """The LightningModule class registered as `name`, checked against the model contract."""
+    cls = _lookup(models(), "model", name).load()
+    contract.check_model(name, cls)
+    return cls
 
 
+@cache
 def datamodule_class(name: str) -> type:
-    """The LightningDataModule class registered as `name`."""
-    return _lookup(datamodules(), "data module", name)
+    """The LightningDataModule class registered as `name`, checked against the data-module contract."""
+    cls = _lookup(datamodules(), "data module", name).load()
+    contract.check_datamodule(name, cls)
+    return cls
 
 
 def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     """The keyword parameters of `cls.__init__`, annotations resolved: the schema of a config section."""
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
     except Exception:  # an annotation that cannot be resolved: fall back to what the signature says
         hints = {}
     params = inspect.signature(cls.__init__).parameters

@@ -1,12 +1,10 @@
-"""`plexlab runs EXPERIMENT`: an experiment's runs as a table, best first by the model's primary metric."""
+"""`plexlab runs EXPERIMENT`: an experiment's runs as rows, best first by the model's primary metric."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from plexlab import registry, tracking
+from plexlab import contract, registry, schema, tracking
 from plexlab.errors import RegistryError, TrackingError
 
 # Params every run has that say nothing about how runs differ.
@@ -17,31 +15,28 @@ def rows(experiment: str, uri: str | None = None, limit: int = 1000) -> list[dic
     """One dict per run: run name and id, status, parent, the params that vary, the summary metrics."""
     uri = tracking.resolve_uri(uri)
     tracking.check(uri)
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = ", ".join(e.name for e in client.search_experiments(max_results=50)) or "none"
+    if not tracking.has_experiment(uri, experiment):
+        names = ", ".join(tracking.experiment_names(uri)) or "none"
         raise TrackingError(f"no experiment named {experiment!r} in {uri} (experiments: {names})")
-    runs = client.search_runs([found.experiment_id], max_results=limit)
-    varying = _varying_params([r.data.params for r in runs])
-    metric, mode = _primary([r.data.tags.get("plexlab.model") for r in runs])
+    runs = tracking.search(uri, experiment, limit=limit)
+    varying = _varying_params([r.params for r in runs])
     out = []
     for r in runs:
-        metrics = {k: v for k, v in r.data.metrics.items() if k.startswith("test/") or k.endswith("_best")}
+        metrics = {k: v for k, v in r.metrics.items() if k.startswith("test/") or k.endswith("_best")}
         out.append(
             {
-                "run": r.info.run_name,
-                "run_id": r.info.run_id,
-                "status": r.info.status,
-                "model": r.data.tags.get("plexlab.model", ""),
-                "parent": (r.data.tags.get(MLFLOW_PARENT_RUN_ID) or "")[:8],
-                **{k: r.data.params[k] for k in varying if k in r.data.params},
+                "run": r.name,
+                "run_id": r.run_id,
+                "status": r.status,
+                "model": r.tags.get(schema.MODEL, ""),
+                "parent": (r.tags.get(schema.PARENT_RUN_ID) or "")[:8],
+                **{k: r.params[k] for k in varying if k in r.params},
                 **dict(sorted(metrics.items())),
             }
         )
-    if metric:
-        key = f"{metric}_best"
-        sign = -1 if mode == "max" else 1
+    ranking = _primary([r.tags.get(schema.MODEL) for r in runs])
+    if ranking is not None:
+        key, sign = schema.best(ranking[0]), -1 if ranking[1] == "max" else 1
         out.sort(key=lambda row: (row.get(key) is None, sign * row[key] if row.get(key) is not None else 0))
     return out
 
@@ -52,12 +47,12 @@ def _varying_params(params: list[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({p[k] for p in params if k in p}) > 1]
 
 
-def _primary(models: list[str | None]) -> tuple[str | None, str]:
+def _primary(models: list[str | None]) -> tuple[str, str] | None:
+    """The primary metric of the first run's model that is still registered (runs may outlive a plugin)."""
     for name in models:
         if name:
             try:
-                cls = registry.model_class(name)
+                return contract.primary(registry.model_class(name))
             except RegistryError:
                 continue
-            return getattr(cls, "primary_metric", None), getattr(cls, "primary_mode", "min")
-    return None, "min"
+    return None

@@ -14,15 +14,15 @@ import secrets
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import mlflow
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from plexlab import schema
 from plexlab.datamodules.errors import first_line
 from plexlab.errors import TrackingError
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
-STOP_TAG = "plexlab.stopped"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 
 
@@ -62,14 +61,28 @@ def check(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     # One quick try instead of MLflow's minutes of retries with backoff.
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    with mock.patch.dict(os.environ, quick):
+    with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # connection refused, 401, TLS, ...: all mean "cannot track here"
             raise TrackingError(
                 f"MLflow tracking server {uri} is not usable: {first_line(exc, 300)}"
             ) from None
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them."""
+    before = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -96,6 +109,26 @@ class Run:
         self.run_id = run_id
         self.uri = uri
 
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> Run:
+        """An existing run by id (a DDP trial's rank 0 writes into the run its driver created)."""
+        return cls(MlflowClient(uri), run_id, uri)
+
+    def record(self) -> RunRecord:
+        """The run as it is stored now."""
+        return RunRecord.of(self.client.get_run(self.run_id))
+
+    def reopen(self) -> None:
+        """Mark a run that continues (a resumed trial or sweep) RUNNING again."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def history(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one metric, as logged."""
+        return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
+
+    def has_artifacts(self, folder: str) -> bool:
+        return bool(self.client.list_artifacts(self.run_id, folder))
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params; a resumed run keeps its first values (MLflow forbids changing a param), and a value
         that did change (a PBT mutation) is logged as a metric `changed/<key>` instead."""
@@ -108,8 +141,6 @@ class Run:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        import time
-
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         if items:
@@ -138,6 +169,47 @@ class Run:
         self.client.set_terminated(self.run_id, status)
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """A stored run, read back: what the tables, resumed sweeps and the sweep's safety net look at."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, run: Any) -> RunRecord:
+        info, data = run.info, run.data
+        return cls(
+            info.run_id, info.run_name, info.status, info.start_time, data.tags, data.params, data.metrics
+        )
+
+
+def search(
+    uri: str, experiment: str, tags: dict[str, str] | None = None, limit: int = 10000
+) -> list[RunRecord]:
+    """The experiment's runs carrying all the given tags, newest first (none if the experiment is new)."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
+    runs = client.search_runs([found.experiment_id], query, max_results=limit, order_by=["start_time DESC"])
+    return [RunRecord.of(r) for r in runs]
+
+
+def has_experiment(uri: str, name: str) -> bool:
+    return MlflowClient(uri).get_experiment_by_name(name) is not None
+
+
+def experiment_names(uri: str, limit: int = 50) -> list[str]:
+    return [e.name for e in MlflowClient(uri).search_experiments(max_results=limit)]
+
+
 def _param_text(value: Any) -> str:
     text = str(value)
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
@@ -159,22 +231,17 @@ def create_run(
     run_name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     client = MlflowClient(uri)
     all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
-    all_tags[MLFLOW_RUN_NAME] = run_name
+    all_tags[schema.RUN_NAME] = run_name
     if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        all_tags[schema.PARENT_RUN_ID] = parent_run_id
     run = client.create_run(experiment_id(client, experiment, uri), tags=all_tags, run_name=run_name)
     return Run(client, run.info.run_id, uri)
 
 
 def find_run(uri: str, experiment: str, tags: dict[str, str]) -> Run | None:
     """The newest run of the experiment carrying all the given tags (a resumed trial's run), if any."""
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([found.experiment_id], query, max_results=1, order_by=["start_time DESC"])
-    return Run(client, runs[0].info.run_id, uri) if runs else None
+    runs = search(uri, experiment, tags, limit=1)
+    return Run.attach(uri, runs[0].run_id) if runs else None
 
 
 @contextlib.contextmanager
@@ -191,15 +258,15 @@ def ending(run: Run, *, sigterm_is_stop: bool = False) -> Iterator[Run]:
         yield run
     except SystemExit as exc:
         if isinstance(exc, SIGTERMException) and not sigterm_is_stop:
-            _quietly(run.set_tags, {"plexlab.error": "terminated by SIGTERM"})
+            _quietly(run.set_tags, {schema.ERROR: "terminated by SIGTERM"})
             _quietly(run.end, "KILLED")
         else:
-            _quietly(run.set_tags, {STOP_TAG: "stopped early by the scheduler"})
+            _quietly(run.set_tags, {schema.STOPPED: "stopped early by the scheduler"})
             _quietly(run.end, "FINISHED")
         raise
     except BaseException as exc:
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        _quietly(run.set_tags, {"plexlab.error": reason[:5000]})
+        _quietly(run.set_tags, {schema.ERROR: reason[:5000]})
         _quietly(run.end, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     else:
@@ -227,4 +294,4 @@ def _quietly(fn: Any, *args: Any) -> None:
 
 def metric_history(run: Run, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
     """(step, value) pairs of each metric, as logged."""
-    return {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
+    return {k: run.history(k) for k in keys}

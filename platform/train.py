@@ -22,8 +22,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import yaml
-from plexlab import plots, registry, tracking
+from plexlab import contract, plots, registry, schema, tracking
 from plexlab.config import ExperimentConfig, flatten, load
+from plexlab.datamodules.errors import first_line
 from plexlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -56,22 +57,21 @@ class TrainerHooks:
 
 def primary(cfg: ExperimentConfig) -> tuple[str, str]:
     """The metric (and mode) that picks the best epoch: the model's primary metric."""
-    cls = registry.model_class(cfg.model_name)
-    return getattr(cls, "primary_metric", "val/loss"), getattr(cls, "primary_mode", "min")
+    return contract.primary(registry.model_class(cfg.model_name))
 
 
 def build(cfg: ExperimentConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The data module (set up for fit) and the model, sized by what the data says."""
     try:
-        dm = registry.datamodule_class(cfg.data_name)(**cfg.data_args())
+        dm = _construct(cfg, "data", registry.datamodule_class(cfg.data_name), cfg.data_args())
         dm.setup("fit")
     except DataError as exc:
-        if exc.source == "data" or exc.source.startswith("data."):  # a setting: name the experiment file
+        if exc.source == "data" or exc.source.startswith(("data.", "model.")):  # a setting: name the file
             raise ConfigError(cfg.source, exc.source, exc.problem) from None
         raise
     model_cls = registry.model_class(cfg.model_name)
     accepted = registry.init_parameters(model_cls)
-    derived = dm.model_kwargs() if hasattr(dm, "model_kwargs") else {}
+    derived = dm.model_kwargs()
     args = cfg.model_args()
     for key, value in derived.items():
         if key not in accepted:
@@ -82,7 +82,24 @@ def build(cfg: ExperimentConfig) -> tuple[pl.LightningDataModule, pl.LightningMo
     missing = [k for k, p in accepted.items() if p.default is p.empty and k not in args]
     if missing:
         raise ConfigError(cfg.source, f"model.{missing[0]}", "required and not provided by the data module")
-    return dm, model_cls(**args)
+    try:
+        return dm, _construct(cfg, "model", model_cls, args)
+    except DataError as exc:
+        if exc.source.startswith("model."):
+            raise ConfigError(cfg.source, exc.source, exc.problem) from None
+        raise
+
+
+def _construct(cfg: ExperimentConfig, section: str, cls: type, args: dict[str, Any]) -> Any:
+    """A model or data module from its config section. A ValueError from its constructor is a setting the
+    class refused (settings that do not fit together): one line naming the key it mentions, or the section."""
+    try:
+        return cls(**args)
+    except ValueError as exc:
+        message = first_line(exc, 300)
+        named = [k for k in args if k in message]
+        key = f"{section}.{max(named, key=len)}" if named else section
+        raise ConfigError(cfg.source, key, message) from None
 
 
 def make_trainer(
@@ -145,7 +162,7 @@ def fit(
     metric, mode = primary(cfg)
     if track and run is None:
         run = tracking.create_run(
-            uri, cfg.name, run_name=cfg.tracking.tags.get("run_name"), tags=run_tags(cfg)
+            uri, cfg.name, run_name=cfg.tracking.tags.get("run_name"), tags=run_tags(cfg, kind=schema.FIT)
         )
     workdir = Path(workdir or RUNS_DIR / cfg.name / (run.run_id if run else time.strftime("%Y%m%d-%H%M%S")))
     checkpoint = pl.callbacks.ModelCheckpoint(
@@ -168,9 +185,12 @@ def _fit(
 ) -> FitResult:
     if run is not None:
         # The resolved config plus every default and data-derived size the classes were built with.
-        hparams = {"model": dict(model.hparams), "data": dict(getattr(dm, "hparams", {}))}
+        hparams = {"model": dict(model.hparams), "data": dict(dm.hparams)}
         run.log_params({**cfg.flat_params(), **flatten(hparams)})
         _log_config(run, cfg)
+    # The runner logs both sections above; Lightning's own merge of the two refuses a key both hold with
+    # different values (unitednet's and the single-cell data's `modalities`), so it must not run.
+    dm._log_hyperparams = False
     trainer = make_trainer(
         cfg,
         workdir=workdir,
@@ -180,9 +200,9 @@ def _fit(
         steps_per_epoch=_steps_per_epoch(dm),
     )
     if run is not None and trainer.is_global_zero:
-        where = {"plexlab.world_size": trainer.world_size, "plexlab.host": socket.gethostname()}
+        where = {schema.WORLD_SIZE: trainer.world_size, schema.HOST: socket.gethostname()}
         if hooks.resume_from:
-            where["plexlab.resumed_from"] = hooks.resume_from
+            where[schema.RESUMED_FROM] = hooks.resume_from
         run.set_tags(where)
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=hooks.resume_from, weights_only=True)
@@ -197,7 +217,7 @@ def _fit(
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     if best_score is not None:
-        metrics[f"{metric}_best"] = best_score
+        metrics[schema.best(metric)] = best_score
     if run is not None and trainer.is_global_zero:
         _log_outcome(run, cfg, checkpoint, metric)
         _export(model, dm, run)
@@ -236,7 +256,7 @@ def test(
     load_weights(model, Path(ckpt), cfg.source)
     run = None
     if track:
-        tags = {**run_tags(cfg), "plexlab.kind": "test", "plexlab.checkpoint": str(Path(ckpt).resolve())}
+        tags = {**run_tags(cfg, kind=schema.TEST), schema.CHECKPOINT: str(Path(ckpt).resolve())}
         run = tracking.create_run(uri, cfg.name, tags=tags)
     workdir = Path(tempfile.mkdtemp(prefix="plexlab-test-"))
     with tracking.ending(run) if run else contextlib.nullcontext():
@@ -260,11 +280,13 @@ def predict(
     load_weights(model, Path(ckpt), cfg.source)
     trainer = make_trainer(cfg, workdir=Path(tempfile.mkdtemp(prefix="plexlab-embed-")))
     if not _overrides(model, "predict_step"):
-        if not hasattr(model, "embed"):
+        if not isinstance(model, contract.Embeds):
             raise ConfigError(
                 cfg.source, "model.name", f"{cfg.model_name} has neither embed nor predict_step"
             )
         model.predict_step = lambda batch, batch_idx, dataloader_idx=0: model.embed(batch)
+    if not isinstance(dm, contract.HasSampleIds):
+        raise ConfigError(cfg.source, "data.name", f"{cfg.data_name} does not name its samples (sample_ids)")
     dm.setup("predict")
     parts = trainer.predict(model, datamodule=dm)
     out = torch.cat([p.detach().float().cpu() for p in parts]).numpy()
@@ -294,15 +316,16 @@ def load_weights(model: pl.LightningModule, ckpt: Path, source: str) -> None:
         raise ConfigError(source, "--ckpt", f"{ckpt} does not fit this model config: {first}") from None
 
 
-def run_tags(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The tags every run of this config carries: model, data, config hash and file, git commit."""
+def run_tags(cfg: ExperimentConfig, *, kind: schema.Kind) -> dict[str, Any]:
+    """The tags every run of this config carries: its kind, model, data, config hash and file, git commit."""
     return {
         **{k: v for k, v in cfg.tracking.tags.items() if k != "run_name"},
-        "plexlab.model": cfg.model_name,
-        "plexlab.data": cfg.data_name,
-        "plexlab.config_hash": cfg.config_hash(),
-        "plexlab.config_file": cfg.source,
-        "mlflow.source.git.commit": cfg.git_commit,
+        schema.KIND: kind,
+        schema.MODEL: cfg.model_name,
+        schema.DATA: cfg.data_name,
+        schema.CONFIG_HASH: cfg.config_hash(),
+        schema.CONFIG_FILE: cfg.source,
+        schema.GIT_COMMIT: cfg.git_commit,
     }
 
 
@@ -320,8 +343,8 @@ def _log_outcome(
     if checkpoint.best_model_path and Path(checkpoint.best_model_path).exists():
         run.log_artifact(Path(checkpoint.best_model_path), "checkpoints")
     if checkpoint.best_model_score is not None:
-        run.log_metrics({f"{metric}_best": float(checkpoint.best_model_score)})
-    keys = [k for k in run.client.get_run(run.run_id).data.metrics if k.startswith(("train/", "val/"))]
+        run.log_metrics({schema.best(metric): float(checkpoint.best_model_score)})
+    keys = [k for k in run.record().metrics if k.startswith(("train/", "val/"))]
     with tempfile.TemporaryDirectory() as tmp:
         plot = plots.learning_curves(
             tracking.metric_history(run, keys), Path(tmp) / "learning_curves.png", title=cfg.name
@@ -332,10 +355,9 @@ def _log_outcome(
 
 def _export(model: pl.LightningModule, dm: pl.LightningDataModule, run: tracking.Run) -> None:
     """The model's own tables and plots (`export_artifacts`), if it has any."""
-    export = getattr(model, "export_artifacts", None)
-    if export is None:
+    if not isinstance(model, contract.ExportsArtifacts):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        export(dm, Path(tmp))
+        model.export_artifacts(dm, Path(tmp))
         if any(Path(tmp).iterdir()):
             run.log_artifact(Path(tmp), "model")

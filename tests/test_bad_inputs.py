@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import yaml
-from plexlab import cli
+from plexlab import cli, schema
 from test_affinity_data import _write_pdb as write_ca_pdb
 from test_affinity_data import pairs, write_tsv
 from test_hypergcl import write_graph
@@ -646,7 +646,7 @@ def test_error_after_the_run_started_leaves_it_failed(workdir: Path, capsys, mon
     assert "Traceback" not in err and sum("error" in x for x in lines) == 1, err
     (run,) = runs_in_store(workdir)
     assert run.info.status == "FAILED"
-    assert "node 7" in run.data.tags["plexlab.error"]
+    assert "node 7" in run.data.tags[schema.ERROR]
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from _processes import free_port, start_mlflow_server, stop, wait_for
+from plexlab import schema
 from plexlab.datamodules.protein.datamodule import ProteinDataModule
 from test_hypergcl import write_graph
 from test_protein_data import plain, write_pdb
@@ -249,7 +250,7 @@ def test_sigterm_ends_the_run_killed(workdir: Path) -> None:
     run = client.get_run(run_id)
     assert fit.returncode == 143, err[-3000:]
     assert err.strip().splitlines()[-1] == "plexlab: terminated (SIGTERM)"
-    assert run.info.status == "KILLED" and run.data.tags["plexlab.error"] == "terminated by SIGTERM"
+    assert run.info.status == "KILLED" and run.data.tags[schema.ERROR] == "terminated by SIGTERM"
     assert len(client.get_metric_history(run_id, "val/acc")) >= 3
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from plexlab import api, cli, tracking
+from plexlab import api, cli, schema, tracking
 from plexlab.datamodules.errors import DataError
 from plexlab.errors import ConfigError, TrackingError
 from test_hypergcl import write_graph
@@ -44,9 +44,9 @@ def test_fit_records_one_complete_mlflow_run(experiment, workdir):
     )
     assert params["model.temperature"] == "0.3" and params["trainer.max_epochs"] == "8"
     tags = run.data.tags
-    assert tags["plexlab.model"] == "hypergcl" and tags["plexlab.data"] == "hypergraph"
-    assert tags["purpose"] == "test" and len(tags["plexlab.config_hash"]) == 12
-    assert len(tags.get("mlflow.source.git.commit", "")) in (0, 40)
+    assert tags[schema.MODEL] == "hypergcl" and tags[schema.DATA] == "hypergraph"
+    assert tags["purpose"] == "test" and len(tags[schema.CONFIG_HASH]) == 12
+    assert len(tags.get(schema.GIT_COMMIT, "")) in (0, 40)
     # Per-step metrics: one train/loss and one val/acc per epoch (full batch: one step an epoch).
     history = client.get_metric_history(result.run_id, "val/acc")
     assert len(history) == 8 and len(client.get_metric_history(result.run_id, "train/loss")) == 8
@@ -77,7 +77,7 @@ def test_test_command_reproduces_the_fit_test_metrics(experiment):
     tested = api.test(experiment, fitted.checkpoint)
     assert tested.metrics["test/acc"] == pytest.approx(fitted.metrics["test/acc"])
     run = MlflowClient(tested.tracking_uri).get_run(tested.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["plexlab.kind"] == "test"
+    assert run.info.status == "FINISHED" and run.data.tags[schema.KIND] == "test"
 
 
 def test_embed_writes_one_row_per_node_in_id_order(experiment, workdir):
@@ -103,7 +103,7 @@ def test_failing_run_ends_failed_with_the_reason(experiment, monkeypatch):
     client = MlflowClient(tracking.resolve_uri(None))
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert run.info.status == "FAILED"
-    assert "loss went NaN at epoch 2" in run.data.tags["plexlab.error"]
+    assert "loss went NaN at epoch 2" in run.data.tags[schema.ERROR]
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2  # what it did before is kept
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from plexlab import cli, train, tune
+from plexlab import cli, train
+from plexlab import sweep as sweep_driver
 from plexlab.datamodules.errors import DataError
 from test_hypergcl import write_graph
 from test_protein_data import plain, write_pdb
@@ -335,15 +336,15 @@ class _Started(Exception):
 
 def _capture_ray_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(tune.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(tune.ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(sweep_driver.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(sweep_driver.ray, "init", lambda **kwargs: calls.append(kwargs))
     return calls
 
 
 def test_local_ray_dashboard_binds_loopback_and_starts_its_own_instance(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     calls = _capture_ray_init(monkeypatch)
-    assert tune._start_ray(None) is True
+    assert sweep_driver._start_ray(None) is True
     (kwargs,) = calls
     assert kwargs["address"] == "local", "never join a cluster that was not asked for"
     assert kwargs["dashboard_host"] == "127.0.0.1"
@@ -357,8 +358,8 @@ def test_joining_a_cluster_forwards_only_mlflow_settings(monkeypatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-cluster")
     monkeypatch.setenv("RAY_ADDRESS", "head.example.org:6379")
     calls = _capture_ray_init(monkeypatch)
-    tune._start_ray(None)
-    tune._start_ray("ray://head.example.org:10001")
+    sweep_driver._start_ray(None)
+    sweep_driver._start_ray("ray://head.example.org:10001")
     env_vars = [c["runtime_env"]["env_vars"] for c in calls]
     assert [c["address"] for c in calls] == ["head.example.org:6379", "ray://head.example.org:10001"]
     for env in env_vars:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from _processes import free_port, log_tail, start_mlflow_server, stop, wait_for
 from mlflow.tracking import MlflowClient
-from plexlab import api, tracking
+from plexlab import api, schema, tracking
 from plexlab.errors import ConfigError
 from test_hypergcl import write_graph
 
@@ -62,8 +62,8 @@ def children(client: MlflowClient, experiment: str) -> tuple[list, list]:
     if found is None:
         return [], []
     runs = client.search_runs([found.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("plexlab.kind") == "sweep"]
-    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get(schema.KIND) == "sweep"]
+    return parents, [r for r in runs if schema.PARENT_RUN_ID in r.data.tags]
 
 
 def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
@@ -74,8 +74,8 @@ def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
     assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids), [
         (k.info.status, {t: v for t, v in k.data.tags.items() if t.startswith("plexlab.")}) for k in kids
     ]
-    assert len({k.data.tags["plexlab.trial_id"] for k in kids}) == 6
-    assert all(k.info.run_name == k.data.tags["plexlab.trial_id"] for k in kids)
+    assert len({k.data.tags[schema.TRIAL_ID] for k in kids}) == 6
+    assert all(k.info.run_name == k.data.tags[schema.TRIAL_ID] for k in kids)
     for kid in kids:
         assert client.get_metric_history(kid.info.run_id, "val/acc"), kid.info.run_name
         assert [a.path for a in client.list_artifacts(kid.info.run_id, "checkpoints")] == [
@@ -101,7 +101,7 @@ def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
         "val_acc_by_param.png",
     } <= artifacts
     # Trials stopped by ASHA ended FINISHED and say why; the others were tested on their best epoch.
-    stopped = [k for k in kids if tracking.STOP_TAG in k.data.tags]
+    stopped = [k for k in kids if schema.STOPPED in k.data.tags]
     assert all("test/acc" in k.data.metrics for k in kids if k not in stopped)
     # A second start of the same sweep refuses to overwrite it.
     with pytest.raises(Exception, match="--resume"):
@@ -174,13 +174,13 @@ def test_sweep_resumes_after_the_driver_is_killed(workdir):
         stop(resumed)
     (parent,), kids = children(client, "tiny-sweep")
     assert parent.info.status == "FINISHED"
-    assert len(kids) == 3 and len({k.data.tags["plexlab.trial_id"] for k in kids}) == 3
+    assert len(kids) == 3 and len({k.data.tags[schema.TRIAL_ID] for k in kids}) == 3
     assert all(k.info.status == "FINISHED" for k in kids)
     for kid in kids:  # finished trials were not rerun
         if kid.info.run_id in finished_before:
             assert kid.info.end_time == finished_before[kid.info.run_id]
     interrupted = next(k for k in kids if k.info.run_id == midway[0].info.run_id)
-    assert "plexlab.resumed_from" in interrupted.data.tags  # continued from its checkpoint, not from scratch
+    assert schema.RESUMED_FROM in interrupted.data.tags  # continued from its checkpoint, not from scratch
     epochs = [m.step for m in client.get_metric_history(interrupted.info.run_id, "val/acc")]
     assert max(epochs) >= 39
 
@@ -223,7 +223,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(workdir):
         k.info.status == "FINISHED" for k in kids
     )  # one run per trial, retried in place
     retried = next(k for k in kids if k.info.run_id == victim.info.run_id)
-    assert "plexlab.resumed_from" in retried.data.tags
+    assert schema.RESUMED_FROM in retried.data.tags
     assert max(m.step for m in client.get_metric_history(retried.info.run_id, "val/acc")) >= 39
 
 
@@ -292,7 +292,7 @@ def test_sweep_on_a_two_node_cluster_uses_both_nodes(workdir, two_node_cluster):
     )
     _, kids = children(MlflowClient(result.tracking_uri), "tiny-sweep")
     assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids)
-    nodes = {k.info.run_name: k.data.tags["plexlab.ray_node"] for k in kids}
+    nodes = {k.info.run_name: k.data.tags[schema.RAY_NODE] for k in kids}
     assert len(set(nodes.values())) == 2, nodes
 
 
@@ -309,7 +309,7 @@ def test_two_worker_trials_train_with_ddp(workdir):
     client = MlflowClient(result.tracking_uri)
     _, kids = children(client, "tiny-sweep")
     assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
-    assert all(k.data.tags["plexlab.world_size"] == "2" for k in kids)
+    assert all(k.data.tags[schema.WORLD_SIZE] == "2" for k in kids)
     assert all(len(client.get_metric_history(k.info.run_id, "val/acc")) == 4 for k in kids)
     assert result.best_metric == pytest.approx(max(k.data.metrics["val/acc_best"] for k in kids))
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
@@ -368,20 +368,22 @@ def test_quickstart_sweep_file_runs_end_to_end_from_the_cli(workdir, shared_data
     assert len(parents) == 1 and len(kids) == 2
     assert all(k.info.status == "FINISHED" and "val/acc_best" in k.data.metrics for k in kids)
     # Trials that ran to the end were tested on their best epoch; ASHA may have stopped the other one.
-    assert all("test/acc" in k.data.metrics or "plexlab.stopped" in k.data.tags for k in kids)
+    assert all("test/acc" in k.data.metrics or schema.STOPPED in k.data.tags for k in kids)
     assert any("test/acc" in k.data.metrics for k in kids)
     assert all(k.info.run_name in table.stdout for k in kids)
 
 
 def test_a_cluster_across_hosts_needs_a_tracking_server(workdir, monkeypatch):
-    from plexlab import tune
+    from plexlab import sweep as sweep_driver
     from plexlab.config import load
 
     cfg = load(sweep_file(workdir))
     nodes = [{"NodeManagerAddress": host, "Alive": True} for host in ("10.0.0.1", "10.0.0.2")]
-    monkeypatch.setattr(tune.ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(sweep_driver.ray, "nodes", lambda: nodes)
     with pytest.raises(ConfigError, match=r"tracking\.uri: sqlite:///.* spans 2 hosts"):
-        tune._check_tracking_reaches_every_node(cfg, tracking.resolve_uri(None))
-    tune._check_tracking_reaches_every_node(cfg, "http://mlflow.internal:5000")  # a server: fine
-    monkeypatch.setattr(tune.ray, "nodes", lambda: nodes[:1])
-    tune._check_tracking_reaches_every_node(cfg, tracking.resolve_uri(None))  # one host: the file is shared
+        sweep_driver._check_tracking_reaches_every_node(cfg, tracking.resolve_uri(None))
+    sweep_driver._check_tracking_reaches_every_node(cfg, "http://mlflow.internal:5000")  # a server: fine
+    monkeypatch.setattr(sweep_driver.ray, "nodes", lambda: nodes[:1])
+    sweep_driver._check_tracking_reaches_every_node(
+        cfg, tracking.resolve_uri(None)
+    )  # one host: the file is shared

@@ -238,7 +238,7 @@ class AffinityDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: Path | str,
         train_name: str = "train.tsv",
         test_name: str | None = "test.tsv",
         extra_test_names: list[str] | None = None,

@@ -260,13 +260,13 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
-        captions_file: str | None = None,
-        image_dir: str | None = None,
+        path: Path | str,
+        captions_file: Path | str | None = None,
+        image_dir: Path | str | None = None,
         image_size: int = 224,
         max_text_length: int = 77,
         entity_source: Literal["auto", "columns", "chunks", "captions"] = "auto",
-        tokenizer_path: str | None = None,
+        tokenizer_path: Path | str | None = None,
         vocab_min_count: int = 1,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,

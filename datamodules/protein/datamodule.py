@@ -31,6 +31,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from plexlab.datamodules.errors import DataError
+from plexlab.datamodules.paths import OutputPath
 from plexlab.datamodules.protein.graph import NUM_RESIDUE_TYPES, GraphCache, GraphSettings
 from plexlab.datamodules.protein.reader import (
     ChainSkip,
@@ -107,12 +108,12 @@ class ProteinDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str | None = None,
-        chains_file: str | None = None,
-        fasta_file: str | None = None,
-        labels_file: str | None = None,
-        scop2_dir: str | None = None,
-        cache_dir: str | None = None,
+        path: Path | str | None = None,
+        chains_file: Path | str | None = None,
+        fasta_file: Path | str | None = None,
+        labels_file: Path | str | None = None,
+        scop2_dir: Path | str | None = None,
+        cache_dir: OutputPath | str | None = None,
         mode: Literal["pretrain", "function"] = "pretrain",
         label_column: str = "ec",
         views: list[str] | None = None,

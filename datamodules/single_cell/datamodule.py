@@ -110,7 +110,7 @@ class SingleCellDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: Path | str,
         modalities: list[str] | None = None,
         layers: dict[str, str] | None = None,
         transforms: dict[str, Transform] | None = None,

@@ -119,7 +119,7 @@ class PerturbationDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str | None = None,
+        path: Path | str | None = None,
         simulate: bool = False,
         perturbation_key: str = "perturbation",
         control_label: str | None = None,

@@ -20,6 +20,7 @@ Primary metric: val/loss (min). `embed()` returns the fused embedding (not the p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -58,7 +59,7 @@ class ProteinMMCL(pl.LightningModule):
         self,
         num_residue_types: int = 21,
         num_relations: int = 7,
-        esm_path: str | None = None,
+        esm_path: Path | str | None = None,
         esm_layers: int = 33,
         esm_dim: int = 1280,
         esm_heads: int = 20,

@@ -51,12 +51,12 @@ def config(trials: int, epochs: int, concurrency: int) -> dict[str, Any]:
 def one_sweep(cfg: dict[str, Any], concurrency: int) -> dict[str, Any]:
     import ray
     from mlflow.tracking import MlflowClient
-    from plexlab import api
-    from plexlab import tune as plexlab_tune
+    from plexlab import api, schema
+    from plexlab import sweep as plexlab_sweep
     from ray.tune import ExperimentAnalysis
 
     t0 = time.time()
-    plexlab_tune._start_ray(None)  # the platform's own start (dashboard on 127.0.0.1), timed on its own
+    plexlab_sweep._start_ray(None)  # the platform's own start (dashboard on 127.0.0.1), timed on its own
     t1 = time.time()
     try:
         result = api.sweep(cfg)
@@ -69,7 +69,7 @@ def one_sweep(cfg: dict[str, Any], concurrency: int) -> dict[str, Any]:
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     children = client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'"
+        [parent.info.experiment_id], f"tags.`{schema.PARENT_RUN_ID}` = '{result.parent_run_id}'"
     )
     run_total, starts = [], []
     for child in children:

@@ -1,0 +1,56 @@
+"""The MLflow run schema: every tag and summary-metric name plexlab writes, in one place.
+
+Runs are read back by the CLI (`plexlab runs`, `plexlab sweep --status`), by resumed sweeps (which find their
+trials' runs by tag) and by people in the dashboard, so the names are a contract: change them here only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+# MLflow's own tags that plexlab sets.
+PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID
+RUN_NAME = MLFLOW_RUN_NAME
+GIT_COMMIT = MLFLOW_GIT_COMMIT
+
+# What a run is and what it trained.
+KIND = "plexlab.kind"
+MODEL = "plexlab.model"
+DATA = "plexlab.data"
+CONFIG_HASH = "plexlab.config_hash"
+CONFIG_FILE = "plexlab.config_file"
+CHECKPOINT = "plexlab.checkpoint"  # the checkpoint a test run evaluated
+
+# Where and how it ran.
+HOST = "plexlab.host"
+WORLD_SIZE = "plexlab.world_size"
+RAY_NODE = "plexlab.ray_node"
+RESUMED_FROM = "plexlab.resumed_from"
+
+# How it ended: a scheduler's stop (FINISHED) or a failure's reason (FAILED / KILLED).
+STOPPED = "plexlab.stopped"
+ERROR = "plexlab.error"
+
+# Sweeps: the parent run and its trials' child runs.
+SWEEP = "plexlab.sweep"
+SWEEP_PATH = "plexlab.sweep_path"
+BEST_TRIAL = "plexlab.best_trial"
+TRIAL_ID = "plexlab.trial_id"
+TRIAL_NAME = "plexlab.trial_name"
+
+Kind = Literal["fit", "test", "sweep", "trial"]
+FIT: Kind = "fit"
+TEST: Kind = "test"
+SWEEP_KIND: Kind = "sweep"
+TRIAL: Kind = "trial"
+
+# Summary metrics of a parent run.
+TRIALS = "trials"
+TRIALS_FAILED = "trials_failed"
+
+
+def best(metric: str) -> str:
+    """The summary metric with the best value of `metric` of a run's epochs: `val/acc` -> `val/acc_best`."""
+    return f"{metric}_best"

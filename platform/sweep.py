@@ -1,0 +1,231 @@
+"""Sweeps with Ray Tune: the driver. It starts (or joins) Ray, runs or resumes the Tuner over the platform
+runner, and leaves the bookkeeping to `sweep_runs` and the trials to `sweep_trial`.
+
+A sweep is an MLflow parent run; each trial is a child run named after its trial id. Results live under a
+storage path with a stable name (the config's name and hash), so `--resume` continues a sweep whose driver
+died: finished trials are kept, running ones continue from their last checkpoint, and a trial that comes back
+(resumed, or retried after a crash) finds its own MLflow run instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from plexlab import runs_table, schema, sweep_runs, tracking, train
+from plexlab.config import ExperimentConfig, ResourcesConfig, load
+from plexlab.errors import ConfigError
+from plexlab.sweep_runs import SweepResult
+from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
+from plexlab.sweep_trial import TrialSpec, run_trial
+from ray import tune
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "plexlab_sweeps"
+DRIVER_CPU = 0.01  # the function of a multi-worker trial, which only waits on its Train workers
+TUNE_CHECKPOINTS_KEPT = 2
+
+__all__ = ["SweepResult", "status_rows", "sweep", "sweep_name"]
+
+
+def sweep_name(cfg: ExperimentConfig) -> str:
+    """Stable across restarts of the same sweep file: the experiment name and a hash of what it trains."""
+    return f"{cfg.name}-{cfg.config_hash(include_sweep=True)[:8]}"
+
+
+def sweep(
+    config: str | Path | dict | ExperimentConfig,
+    overrides: dict[str, Any] | list[str] | None = None,
+    *,
+    address: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+) -> SweepResult:
+    """Run the config's sweep (or resume it) and record it in MLflow; returns the best trial."""
+    cfg = load(config, overrides)
+    if cfg.sweep is None:
+        raise ConfigError(cfg.source, "sweep", "missing: this file has no sweep section (use `plexlab fit`)")
+    metric, mode = objective(cfg)
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    tracking.check(uri)
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
+    name, root = sweep_name(cfg), _storage(cfg, storage)
+    path = f"{root}/{name}"
+    exists = tune.Tuner.can_restore(path)
+    if resume and not exists:
+        raise ConfigError(cfg.source, "--resume", f"no sweep to resume at {path}")
+    if exists and not resume:
+        raise ConfigError(cfg.source, "sweep", f"a sweep of this file already exists at {path}: add --resume")
+
+    started = _start_ray(address)
+    try:
+        if started:
+            _check_trial_fits(cfg)
+        else:
+            _check_tracking_reaches_every_node(cfg, uri)
+        parent = sweep_runs.parent_run(cfg, name, uri, resume)
+        parent.set_tags({schema.SWEEP_PATH: path})
+        with tracking.ending(parent):
+            spec = _trial_spec(cfg, parent, root, path)
+            grid = _tuner(cfg, spec, name, root, path, metric, mode, resume).fit()
+            sweep_runs.close_trial_runs(cfg, parent, grid, metric, mode, path)
+            return sweep_runs.summarize(cfg, grid, parent, metric, mode, path)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def objective(cfg: ExperimentConfig) -> tuple[str, str]:
+    """The metric and mode trials are ranked by: the sweep's, else the model's primary metric."""
+    assert cfg.sweep is not None
+    metric, mode = train.primary(cfg)
+    return cfg.sweep.metric or metric, cfg.sweep.mode or (mode if not cfg.sweep.metric else "max")
+
+
+def _storage(cfg: ExperimentConfig, storage: str | None) -> str:
+    assert cfg.sweep is not None
+    where = storage or cfg.sweep.storage or DEFAULT_STORAGE
+    return where if "://" in where else str(Path(where).expanduser().resolve())
+
+
+def _start_ray(address: str | None) -> bool:
+    """Join the given cluster (or RAY_ADDRESS), else start Ray here with its dashboard on 127.0.0.1 only.
+    Returns whether this call started Ray (and so should stop it)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    # A stopped trial closes its MLflow run after Tune asks it to stop; give that time before an actor is
+    # reused (Tune's default is 2 s).
+    runtime_env = {"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "60", **_forwarded_env()}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        # "local", not None: without it Ray joins the last cluster `ray start` made on this machine, even a
+        # stopped one (it hangs on the dead GCS); joining a cluster is for --address / RAY_ADDRESS alone.
+        ray.init(
+            address="local",
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
+    return True
+
+
+def _forwarded_env() -> dict[str, str]:
+    """MLflow settings (credentials included) that trials on other nodes need too."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+
+
+def _trial_shape(res: ResourcesConfig) -> dict[str, float]:
+    """What Tune reserves for a trial's function: all of the trial's resources with one worker; a sliver of
+    a CPU with several, whose Train workers hold the real resources (Tune refuses zero)."""
+    return {"cpu": res.cpu, "gpu": res.gpu} if res.workers == 1 else {"cpu": DRIVER_CPU}
+
+
+def _check_trial_fits(cfg: ExperimentConfig) -> None:
+    """On Ray started here, a trial larger than the machine would wait forever: say so instead."""
+    assert cfg.sweep is not None
+    res = cfg.sweep.resources
+    workers_cpu = res.cpu * res.workers if res.workers > 1 else 0.0
+    need = {"CPU": _trial_shape(res)["cpu"] + workers_cpu, "GPU": res.gpu * res.workers}
+    have = ray.cluster_resources()
+    for kind, amount in need.items():
+        if amount > have.get(kind, 0.0) + 1e-9:
+            raise ConfigError(
+                cfg.source,
+                "sweep.resources",
+                f"one trial needs {amount:g} {kind} (workers: {res.workers}, cpu: {res.cpu:g},"
+                f" gpu: {res.gpu:g} each) but this machine's Ray has {have.get(kind, 0.0):g}",
+            )
+
+
+def _check_tracking_reaches_every_node(cfg: ExperimentConfig, uri: str) -> None:
+    """Trials on other machines cannot write this machine's SQLite file: their runs would go missing."""
+    if not (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        return
+    hosts = {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+    if len(hosts) > 1:
+        raise ConfigError(
+            cfg.source,
+            "tracking.uri",
+            f"{uri} is a file on this machine but the Ray cluster spans {len(hosts)} hosts;"
+            " give an MLflow server (http://...) or set MLFLOW_TRACKING_URI",
+        )
+
+
+def _trial_spec(cfg: ExperimentConfig, parent: tracking.Run, root: str, path: str) -> TrialSpec:
+    assert cfg.sweep is not None
+    res, pbt = cfg.sweep.resources, cfg.sweep.scheduler.name == "pbt"
+    return TrialSpec(
+        base={k: v for k, v in cfg.to_dict().items() if k != "sweep"},
+        parent_run_id=parent.run_id,
+        cpu=res.cpu,
+        gpu=res.gpu,
+        workers=res.workers,
+        checkpoint_every=1 if pbt else cfg.sweep.checkpoint_every,
+        pbt=pbt,
+        storage=root,
+        path=path,
+        max_failures=cfg.sweep.max_failures,
+    )
+
+
+def _tuner(
+    cfg: ExperimentConfig,
+    spec: TrialSpec,
+    name: str,
+    root: str,
+    path: str,
+    metric: str,
+    mode: str,
+    resume: bool,
+) -> tune.Tuner:
+    assert cfg.sweep is not None
+    trainable = tune.with_parameters(run_trial, spec=spec)
+    trainable = tune.with_resources(trainable, _trial_shape(cfg.sweep.resources))
+    if resume:
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    grid = cfg.sweep.search.name == "grid"
+    # optuna and hyperopt are limited by their ConcurrencyLimiter instead
+    own_limit = cfg.sweep.search.name in ("random", "grid")
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(trial_space(cfg)),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            num_samples=1 if grid else cfg.sweep.num_samples,
+            scheduler=scheduler(cfg),
+            search_alg=search_algorithm(cfg, metric, mode),
+            max_concurrent_trials=cfg.sweep.max_concurrent if own_limit else None,
+            reuse_actors=cfg.sweep.resources.workers == 1,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=root,
+            failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT),
+            verbose=1,
+        ),
+    )
+
+
+def status_rows(
+    config: str | Path | dict | ExperimentConfig, overrides: dict[str, Any] | list[str] | None = None
+) -> tuple[str, int, list[dict[str, Any]]]:
+    """A sweep's progress (running, finished or interrupted), read from its MLflow child runs: the sweep's
+    name, its planned number of trials and one row per recorded trial."""
+    cfg = load(config, overrides)
+    if cfg.sweep is None:
+        raise ConfigError(cfg.source, "sweep", "missing: this file has no sweep section")
+    name, uri = sweep_name(cfg), tracking.resolve_uri(cfg.tracking.uri)
+    parent = sweep_runs.find_parent(cfg, name, uri)
+    if parent is None:
+        raise ConfigError(cfg.source, "sweep", f"no sweep {name} recorded in {uri}")
+    rows = [r for r in runs_table.rows(cfg.name, uri) if r["parent"] == parent.run_id[:8]]
+    return name, cfg.sweep.num_samples, rows
