@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from plexlab import contract, registry, runs_table, tracking, train
+from plexlab import contract, inference, registry, runs_table, tracking, train
 from plexlab.config import ExperimentConfig, load, parse_override
 from plexlab.train import FitResult
 
@@ -49,7 +49,7 @@ def fit(config: Config, overrides: Overrides = None, **kwargs: Any) -> FitResult
 
 def test(config: Config, ckpt: str | Path, overrides: Overrides = None, **kwargs: Any) -> FitResult:
     """Evaluate a checkpoint on the config's test split (recorded as an MLflow run)."""
-    return train.test(config, ckpt, _merge(overrides, kwargs))
+    return inference.test(config, ckpt, _merge(overrides, kwargs))
 
 
 def embed(
@@ -58,7 +58,7 @@ def embed(
     """Write every sample's embedding: into a copy of the input where the data module can (AnnData),
     else an .npz with `ids` and `embedding`."""
     merged = _merge(overrides, kwargs)
-    ids, values, dm = train.predict(config, ckpt, merged)
+    ids, values, dm = inference.predict(config, ckpt, merged)
     out = Path(out)
     if isinstance(dm, contract.WritesEmbedding):
         return Path(dm.write_embedding(values, out, load(config, merged).model_name))

@@ -16,8 +16,9 @@ from typing import Any
 
 import ray
 from plexlab import runs_table, schema, sweep_runs, tracking, train
-from plexlab.config import ExperimentConfig, ResourcesConfig, load
+from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
+from plexlab.sweep_config import ResourcesConfig
 from plexlab.sweep_runs import SweepResult
 from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
 from plexlab.sweep_trial import TrialSpec, run_trial

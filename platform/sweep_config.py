@@ -1,0 +1,84 @@
+"""The sweep section of an experiment file: its schema (search, scheduler, resources) and the checks of a
+search-space distribution. Checked with the rest of the config before Ray starts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from plexlab.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """A config section that refuses unknown keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SchedulerConfig(Strict):
+    """A Ray Tune trial scheduler and its options (passed to the scheduler's constructor)."""
+
+    name: Literal["fifo", "asha", "hyperband", "median", "pbt"] = "fifo"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3, gt=1)
+    max_t: int | None = Field(None, ge=1)
+    perturbation_interval: int = Field(2, ge=1)
+    # PBT: which space keys it may mutate; default all of the space's keys.
+    mutations: list[str] | None = None
+
+
+class SearchConfig(Strict):
+    """How trial configurations are chosen."""
+
+    name: Literal["random", "grid", "optuna", "hyperopt"] = "random"
+
+
+class ResourcesConfig(Strict):
+    """Resources of one trial; `workers > 1` trains the trial with DDP over several Ray workers."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+    workers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_ddp(self) -> ResourcesConfig:
+        if self.workers > 1 and self.gpu not in (0, 1):
+            raise ValueError("with workers > 1, gpu is per worker and must be 0 or 1")
+        return self
+
+
+DISTRIBUTIONS = {"choice", "grid", "uniform", "loguniform", "randint", "quniform"}
+
+
+class SweepConfig(Strict):
+    """The search: space, scheduler, search algorithm, trial count and resources."""
+
+    metric: str | None = None  # default: the model's primary metric
+    mode: Literal["min", "max"] | None = None
+    num_samples: int = Field(8, ge=1)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    max_concurrent: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0)
+    # Report every epoch, but write a resumable checkpoint only every n epochs (checkpoints cost I/O).
+    checkpoint_every: int = Field(1, ge=1)
+    storage: str | None = None  # default: ./plexlab_sweeps; must be shared storage on a multi-host cluster
+
+
+def check_distribution(kind: str, args: Any, source: str, where: str) -> None:
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise ConfigError(source, where, f"{kind} needs a non-empty list of values")
+        return
+    n = 3 if kind == "quniform" else 2
+    if not isinstance(args, list) or len(args) != n or not all(isinstance(a, int | float) for a in args):
+        raise ConfigError(
+            source, where, f"{kind} needs [{'low, high, q' if n == 3 else 'low, high'}] numbers"
+        )
+    low, high = args[0], args[1]
+    if low >= high:
+        raise ConfigError(source, where, f"{kind} low ({low}) must be below high ({high})")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(source, where, "loguniform needs low > 0")
