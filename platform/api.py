@@ -42,14 +42,24 @@ def _merge(overrides: Overrides, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**(overrides or {}), **{k.replace("__", "."): v for k, v in kwargs.items()}}
 
 
-def fit(config: Config, overrides: Overrides = None, **kwargs: Any) -> FitResult:
-    """Train and test one model; returns test metrics, the MLflow run id and the best checkpoint."""
-    return train.fit(config, _merge(overrides, kwargs))
+def fit(
+    config: Config, overrides: Overrides = None, *, allow_tracking_uri: bool = False, **kwargs: Any
+) -> FitResult:
+    """Train and test one model; returns test metrics, the MLflow run id and the best checkpoint.
+    `allow_tracking_uri`: send runs to the file's tracking server even if it is not your own."""
+    return train.fit(config, _merge(overrides, kwargs), allow_tracking_uri=allow_tracking_uri)
 
 
-def test(config: Config, ckpt: str | Path, overrides: Overrides = None, **kwargs: Any) -> FitResult:
+def test(
+    config: Config,
+    ckpt: str | Path,
+    overrides: Overrides = None,
+    *,
+    allow_tracking_uri: bool = False,
+    **kwargs: Any,
+) -> FitResult:
     """Evaluate a checkpoint on the config's test split (recorded as an MLflow run)."""
-    return inference.test(config, ckpt, _merge(overrides, kwargs))
+    return inference.test(config, ckpt, _merge(overrides, kwargs), allow_tracking_uri=allow_tracking_uri)
 
 
 def embed(
@@ -76,20 +86,32 @@ def sweep(
     address: str | None = None,
     storage: str | None = None,
     resume: bool = False,
+    allow_tracking_uri: bool = False,
+    insecure_local_ray: bool = False,
     **kwargs: Any,
 ) -> SweepResult:
     """Run (or resume) the config's sweep with Ray Tune; returns the best config, metric, checkpoint and
-    the MLflow parent run id."""
+    the MLflow parent run id. `insecure_local_ray` starts a local Ray even with RAY_AUTH_MODE=disabled."""
     from plexlab import sweep as driver
 
-    return driver.sweep(config, _merge(overrides, kwargs), address=address, storage=storage, resume=resume)
+    return driver.sweep(
+        config,
+        _merge(overrides, kwargs),
+        address=address,
+        storage=storage,
+        resume=resume,
+        allow_tracking_uri=allow_tracking_uri,
+        insecure_local_ray=insecure_local_ray,
+    )
 
 
-def sweep_status(config: Config, overrides: Overrides = None, **kwargs: Any) -> tuple[str, int, list[dict]]:
+def sweep_status(
+    config: Config, overrides: Overrides = None, *, allow_tracking_uri: bool = False, **kwargs: Any
+) -> tuple[str, int, list[dict]]:
     """A sweep's progress from MLflow: its name, its planned trial count and one row per recorded trial."""
     from plexlab import sweep as driver
 
-    return driver.status_rows(config, _merge(overrides, kwargs))
+    return driver.status_rows(config, _merge(overrides, kwargs), allow_tracking_uri=allow_tracking_uri)
 
 
 def runs(experiment: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:

@@ -55,13 +55,13 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    result = _api().fit(args.config, args.set)
+    result = _api().fit(args.config, args.set, allow_tracking_uri=args.allow_tracking_uri)
     console.print(_metrics_table(f"{result.config.name}: test on the best epoch", result.metrics))
     console.print(f"run {result.run_id}  ({result.tracking_uri})\nbest checkpoint {result.checkpoint}")
 
 
 def cmd_test(args: argparse.Namespace) -> None:
-    result = _api().test(args.config, args.ckpt, args.set)
+    result = _api().test(args.config, args.ckpt, args.set, allow_tracking_uri=args.allow_tracking_uri)
     console.print(_metrics_table(f"{result.config.name}: {args.ckpt}", result.metrics))
     console.print(f"run {result.run_id}")
 
@@ -72,12 +72,20 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     if args.status:
-        name, planned, rows = _api().sweep_status(args.config, args.set)
+        name, planned, rows = _api().sweep_status(
+            args.config, args.set, allow_tracking_uri=args.allow_tracking_uri
+        )
         columns = list(dict.fromkeys(k for row in rows for k in row if k not in ("run_id", "parent")))
         console.print(_table(f"sweep {name}: {len(rows)} of {planned} trials recorded", rows, columns))
         return
     result = _api().sweep(
-        args.config, args.set, address=args.address, storage=args.storage, resume=args.resume
+        args.config,
+        args.set,
+        address=args.address,
+        storage=args.storage,
+        resume=args.resume,
+        allow_tracking_uri=args.allow_tracking_uri,
+        insecure_local_ray=args.insecure_local_ray,
     )
     scored = sorted(
         (r for r in result.trials if r[result.metric] is not None),
@@ -123,15 +131,23 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     sets = argparse.ArgumentParser(add_help=False)
     sets.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (repeatable)")
+    tracks = argparse.ArgumentParser(add_help=False)
+    tracks.add_argument(
+        "--allow-tracking-uri",
+        action="store_true",
+        help="send runs (and your MLflow credentials) to the tracking server the file names, not only yours",
+    )
 
     top = argparse.ArgumentParser(prog="plexlab", description=__doc__.splitlines()[0], parents=[common])
     sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", parents=[common, sets], help="train, test on the best epoch, record in MLflow")
+    p = sub.add_parser(
+        "fit", parents=[common, sets, tracks], help="train, test on the best epoch, record in MLflow"
+    )
     p.add_argument("config")
     p.set_defaults(run=cmd_fit)
 
-    p = sub.add_parser("test", parents=[common, sets], help="evaluate a checkpoint on the test split")
+    p = sub.add_parser("test", parents=[common, sets, tracks], help="evaluate a checkpoint on the test split")
     p.add_argument("config")
     p.add_argument("--ckpt", required=True)
     p.set_defaults(run=cmd_test)
@@ -142,12 +158,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".npz (ids, embedding), or .h5ad for single-cell data")
     p.set_defaults(run=cmd_embed)
 
-    p = sub.add_parser("sweep", parents=[common, sets], help="run or resume a Ray Tune sweep")
+    p = sub.add_parser("sweep", parents=[common, sets, tracks], help="run or resume a Ray Tune sweep")
     p.add_argument("config")
     p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or auto; default RAY_ADDRESS)")
     p.add_argument("--storage", help="results folder or s3:// URI (default: the file's sweep.storage)")
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver died")
     p.add_argument("--status", action="store_true", help="show the sweep's trials and exit")
+    p.add_argument(
+        "--insecure-local-ray",
+        action="store_true",
+        help="start a local Ray even with RAY_AUTH_MODE=disabled (anyone reaching its ports can run code)",
+    )
     p.set_defaults(run=cmd_sweep)
 
     p = sub.add_parser("list", parents=[common], help="registered models and data modules")

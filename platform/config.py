@@ -11,6 +11,7 @@ import copy
 import hashlib
 import inspect
 import json
+import re
 import subprocess
 import types
 import typing
@@ -22,8 +23,10 @@ import yaml
 from plexlab import registry
 from plexlab.datamodules.paths import MayNotExist
 from plexlab.errors import ConfigError, RegistryError
-from plexlab.sweep_config import DISTRIBUTIONS, Strict, SweepConfig, check_distribution
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from plexlab.sweep_config import DISTRIBUTIONS, Strict, SweepConfig, check_distribution, check_schedule
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class TrackingConfig(Strict):
@@ -36,7 +39,7 @@ class TrackingConfig(Strict):
 class ExperimentConfig(Strict):
     """A validated experiment: what to train, on what data, how, and where it is recorded."""
 
-    name: str = Field(min_length=1)
+    name: str  # the MLflow experiment, and a folder name for checkpoints and sweep results
     seed: int = 0
     model: dict[str, Any]
     data: dict[str, Any]
@@ -46,6 +49,14 @@ class ExperimentConfig(Strict):
     # Not part of the file: where it came from, and the code version it runs.
     source: str = Field("<dict>", exclude=True)
     git_commit: str | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_not_a_path(cls, name: str) -> str:
+        # It names folders (checkpoints, sweep storage that --resume unpickles): never a path.
+        if not SAFE_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(f"{name!r} is not a plain name: letters, digits, '.', '_' and '-' only, no '..'")
+        return name
 
     @property
     def model_name(self) -> str:
@@ -72,9 +83,18 @@ class ExperimentConfig(Strict):
         body = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved config as it may be recorded: a tracking URI's `user:password@` is left out."""
+        from plexlab.tracking import redact
+
+        raw = self.to_dict()
+        if raw["tracking"]["uri"]:
+            raw["tracking"]["uri"] = redact(raw["tracking"]["uri"])
+        return raw
+
     def flat_params(self) -> dict[str, Any]:
         """The resolved config flattened to dotted keys: the MLflow params of a run."""
-        return flatten({k: v for k, v in self.to_dict().items() if k != "sweep"})
+        return flatten({k: v for k, v in self.public_dict().items() if k != "sweep"})
 
     def with_overrides(self, overrides: dict[str, Any]) -> ExperimentConfig:
         """A new validated config with dotted-key overrides applied (a sweep trial's config)."""
@@ -174,6 +194,7 @@ def validate(
     cfg.trainer = _validate_trainer(cfg.trainer, source)
     if cfg.sweep is not None:
         _validate_space(cfg, source)
+        check_schedule(cfg.sweep.scheduler, cfg.trainer, source)
     return cfg
 
 

@@ -25,11 +25,12 @@ def test(
     overrides: dict[str, Any] | list[str] | None = None,
     *,
     track: bool = True,
+    allow_tracking_uri: bool = False,
 ) -> FitResult:
     """Evaluate a checkpoint on the test split; recorded as its own MLflow run (tag plexlab.kind=test)."""
     cfg = load(config, overrides)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    uri = tracking.resolve_uri(cfg.tracking.uri)
+    uri = tracking.trusted_uri(cfg.tracking.uri, cfg.source, allow_other_host=allow_tracking_uri)
     if track:
         tracking.check(uri)
     dm, model = build(cfg)

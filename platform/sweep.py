@@ -10,12 +10,11 @@ died: finished trials are kept, running ones continue from their last checkpoint
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import ray
-from plexlab import runs_table, schema, sweep_runs, tracking, train
+from plexlab import local_ray, runs_table, schema, sweep_runs, tracking, train
 from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
 from plexlab.sweep_config import ResourcesConfig
@@ -45,13 +44,15 @@ def sweep(
     address: str | None = None,
     storage: str | None = None,
     resume: bool = False,
+    allow_tracking_uri: bool = False,
+    insecure_local_ray: bool = False,
 ) -> SweepResult:
     """Run the config's sweep (or resume it) and record it in MLflow; returns the best trial."""
     cfg = load(config, overrides)
     if cfg.sweep is None:
         raise ConfigError(cfg.source, "sweep", "missing: this file has no sweep section (use `plexlab fit`)")
     metric, mode = objective(cfg)
-    uri = tracking.resolve_uri(cfg.tracking.uri)
+    uri = tracking.trusted_uri(cfg.tracking.uri, cfg.source, allow_other_host=allow_tracking_uri)
     tracking.check(uri)
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
     name, root = sweep_name(cfg), _storage(cfg, storage)
@@ -62,7 +63,7 @@ def sweep(
     if exists and not resume:
         raise ConfigError(cfg.source, "sweep", f"a sweep of this file already exists at {path}: add --resume")
 
-    started = _start_ray(address)
+    started = local_ray.start(address, insecure=insecure_local_ray)
     try:
         if started:
             _check_trial_fits(cfg)
@@ -91,35 +92,6 @@ def _storage(cfg: ExperimentConfig, storage: str | None) -> str:
     assert cfg.sweep is not None
     where = storage or cfg.sweep.storage or DEFAULT_STORAGE
     return where if "://" in where else str(Path(where).expanduser().resolve())
-
-
-def _start_ray(address: str | None) -> bool:
-    """Join the given cluster (or RAY_ADDRESS), else start Ray here with its dashboard on 127.0.0.1 only.
-    Returns whether this call started Ray (and so should stop it)."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    # A stopped trial closes its MLflow run after Tune asks it to stop; give that time before an actor is
-    # reused (Tune's default is 2 s).
-    runtime_env = {"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "60", **_forwarded_env()}}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        # "local", not None: without it Ray joins the last cluster `ray start` made on this machine, even a
-        # stopped one (it hangs on the dead GCS); joining a cluster is for --address / RAY_ADDRESS alone.
-        ray.init(
-            address="local",
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            runtime_env=runtime_env,
-            log_to_driver=False,
-        )
-    return True
-
-
-def _forwarded_env() -> dict[str, str]:
-    """MLflow settings (credentials included) that trials on other nodes need too."""
-    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
 
 
 def _trial_shape(res: ResourcesConfig) -> dict[str, float]:
@@ -217,14 +189,18 @@ def _tuner(
 
 
 def status_rows(
-    config: str | Path | dict | ExperimentConfig, overrides: dict[str, Any] | list[str] | None = None
+    config: str | Path | dict | ExperimentConfig,
+    overrides: dict[str, Any] | list[str] | None = None,
+    *,
+    allow_tracking_uri: bool = False,
 ) -> tuple[str, int, list[dict[str, Any]]]:
     """A sweep's progress (running, finished or interrupted), read from its MLflow child runs: the sweep's
     name, its planned number of trials and one row per recorded trial."""
     cfg = load(config, overrides)
     if cfg.sweep is None:
         raise ConfigError(cfg.source, "sweep", "missing: this file has no sweep section")
-    name, uri = sweep_name(cfg), tracking.resolve_uri(cfg.tracking.uri)
+    name = sweep_name(cfg)
+    uri = tracking.trusted_uri(cfg.tracking.uri, cfg.source, allow_other_host=allow_tracking_uri)
     parent = sweep_runs.find_parent(cfg, name, uri)
     if parent is None:
         raise ConfigError(cfg.source, "sweep", f"no sweep {name} recorded in {uri}")

@@ -67,6 +67,41 @@ class SweepConfig(Strict):
     storage: str | None = None  # default: ./plexlab_sweeps; must be shared storage on a multi-host cluster
 
 
+DEFAULT_MAX_EPOCHS = 100  # Lightning's own default for trainer.max_epochs
+
+
+def max_t(scheduler: SchedulerConfig, trainer: dict[str, Any]) -> int:
+    """The scheduler's horizon in epochs: one past the last epoch by default, so that a trial that trains to
+    the end finishes itself (and is tested) instead of being stopped by the scheduler at its final report."""
+    return scheduler.max_t or int(trainer.get("max_epochs") or DEFAULT_MAX_EPOCHS) + 1
+
+
+def check_schedule(scheduler: SchedulerConfig, trainer: dict[str, Any], source: str) -> None:
+    """Scheduler settings that cannot work with the trainer's epochs are config errors, not Ray asserts."""
+    horizon = max_t(scheduler, trainer)
+    epochs = horizon - 1 if scheduler.max_t is None else scheduler.max_t
+    where = "sweep.scheduler"
+    if scheduler.name in ("asha", "median") and scheduler.grace_period > horizon:
+        raise ConfigError(
+            source,
+            f"{where}.grace_period",
+            f"{scheduler.grace_period} is past the last epoch a trial can reach ({horizon}:"
+            " trainer.max_epochs + 1, or scheduler.max_t); lower it or train longer",
+        )
+    if scheduler.name == "pbt" and scheduler.perturbation_interval >= epochs:
+        raise ConfigError(
+            source,
+            f"{where}.perturbation_interval",
+            f"{scheduler.perturbation_interval} epochs: PBT would never perturb a trial that trains {epochs}",
+        )
+    if scheduler.name in ("asha", "hyperband") and scheduler.reduction_factor >= horizon:
+        raise ConfigError(
+            source,
+            f"{where}.reduction_factor",
+            f"{scheduler.reduction_factor:g} leaves no rung below {horizon}",
+        )
+
+
 def check_distribution(kind: str, args: Any, source: str, where: str) -> None:
     if kind in ("choice", "grid"):
         if not isinstance(args, list) or not args:

@@ -41,9 +41,9 @@ def parent_run(cfg: ExperimentConfig, name: str, uri: str, resume: bool) -> trac
             return found
     tags = {**train.run_tags(cfg, kind=schema.SWEEP_KIND), schema.SWEEP: name}
     parent = tracking.create_run(uri, cfg.name, run_name=f"sweep-{name}", tags=tags)
-    parent.log_params({**cfg.flat_params(), **flatten({"sweep": cfg.to_dict()["sweep"]})})
+    parent.log_params({**cfg.flat_params(), **flatten({"sweep": cfg.public_dict()["sweep"]})})
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
         assert cfg.sweep is not None
         (Path(tmp) / "search_space.json").write_text(json.dumps(cfg.sweep.space, indent=2))
         parent.log_artifact(Path(tmp))
@@ -97,7 +97,7 @@ def summarize(
         raise ConfigError(cfg.source, "sweep", f"no trial reported {metric}; see the trials' errors above")
     top = max(scored, key=lambda r: r[metric]) if mode == "max" else min(scored, key=lambda r: r[metric])
     best_result = next(r for r in grid if r.metrics.get("trial_id") == top["trial"])
-    best_config = load(cfg.to_dict(), {k: top[k] for k in flatten(best_result.config or {})}).to_dict()
+    best_config = load(cfg.to_dict(), {k: top[k] for k in flatten(best_result.config or {})}).public_dict()
     # The runner's best-epoch checkpoint when the trial folder is reachable; else Tune's best reported one.
     local_best = trial_folder(path, top["trial"]) / "checkpoints" / "best.ckpt"
     best_checkpoint: Path | None = local_best if local_best.exists() else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from plexlab import sweep_config
 from plexlab.config import ExperimentConfig, set_dotted
 from plexlab.errors import ConfigError
 from ray import tune
@@ -40,19 +41,13 @@ def trial_space(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
     return grid_space(cfg.sweep.space) if cfg.sweep.search.name == "grid" else cfg.sweep.space
 
 
-def max_epochs(cfg: ExperimentConfig) -> int:
-    return int(cfg.trainer.get("max_epochs") or 100)
-
-
 def scheduler(cfg: ExperimentConfig) -> Any:
     """The trial scheduler; time is counted in epochs (Tune's training_iteration)."""
     from ray.tune import schedulers as s
 
     assert cfg.sweep is not None
     sched = cfg.sweep.scheduler
-    # Past the last epoch by default: a trial that trains to the end finishes itself (and is tested) instead
-    # of being stopped by the scheduler at its final report.
-    max_t = sched.max_t or max_epochs(cfg) + 1
+    max_t = sweep_config.max_t(sched, cfg.trainer)
     common = {"time_attr": "training_iteration"}
     if sched.name == "asha":
         return s.ASHAScheduler(

@@ -143,17 +143,23 @@ def fit(
     track: bool = True,
     hooks: TrainerHooks | None = None,
     workdir: Path | None = None,
+    allow_tracking_uri: bool = False,
 ) -> FitResult:
     """Train, test on the best checkpoint, record everything in MLflow; see the module docstring.
 
     `run` writes into an existing MLflow run (a sweep trial's child run); `track=False` records nothing (the
-    non-zero ranks of a multi-worker trial).
+    non-zero ranks of a multi-worker trial). `allow_tracking_uri` sends runs to a server the experiment
+    file names even where that is not the user's own (see `tracking.trusted_uri`).
     """
     cfg = load(config, overrides)
     hooks = hooks or TrainerHooks()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    uri = tracking.resolve_uri(cfg.tracking.uri)
     in_sweep = run is not None  # a trial's run (also rank 0 of a DDP trial): SIGTERM is Ray stopping it
+    # A trial's driver already vetted the URI; a fit of its own vets the file's.
+    if in_sweep:
+        uri = tracking.resolve_uri(cfg.tracking.uri)
+    else:
+        uri = tracking.trusted_uri(cfg.tracking.uri, cfg.source, allow_other_host=allow_tracking_uri)
     if track and run is None:
         tracking.check(uri)
     dm, model = build(cfg)
@@ -253,7 +259,7 @@ def run_tags(cfg: ExperimentConfig, *, kind: schema.Kind) -> dict[str, Any]:
 def _log_config(run: tracking.Run, cfg: ExperimentConfig) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        path.write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
         run.log_artifact(path)
 
 

@@ -8,16 +8,13 @@ plexlab.schema.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import pytest
-import scipy.sparse as sp
-import yaml
+from _experiment import tiny_config, write_experiment
 from plexlab import cli, contract, registry, schema
 from plexlab.config import load, path_role
 from plexlab.datamodules.paths import OutputPath
@@ -139,7 +136,7 @@ def test_a_plugin_that_reuses_a_built_in_name_is_refused(plugins) -> None:
 
 def test_a_refused_model_is_one_line_and_exit_2_through_the_cli(plugins, workdir, capsys) -> None:
     plugins({"plexlab.models": {"plug": "test_contract:NoPrimaryMetric"}})
-    config = _experiment(workdir, {"name": "plug"})
+    config = write_experiment(workdir, {"name": "plug"})
     assert cli.main(["fit", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has no primary_metric" in err
@@ -150,7 +147,7 @@ def test_a_refused_model_is_one_line_and_exit_2_through_the_cli(plugins, workdir
 
 def test_a_value_error_in_a_model_constructor_names_the_key(plugins, workdir, capsys) -> None:
     plugins({"plexlab.models": {"picky": "test_contract:RefusesItsSettings"}})
-    config = _experiment(workdir, {"name": "picky", "heads": 2, "hidden": 5})
+    config = write_experiment(workdir, {"name": "picky", "heads": 2, "hidden": 5})
     assert cli.main(["fit", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(
@@ -173,12 +170,14 @@ def test_path_roles_come_from_annotations() -> None:
 def test_path_arguments_are_resolved_and_checked_by_their_annotation(plugins, workdir) -> None:
     plugins({"plexlab.models": {"paths": "test_contract:TakesPaths"}})
     (workdir / "w.pt").write_bytes(b"")
-    cfg = load(_raw(workdir, {"name": "paths", "weights": "w.pt", "cache": "not/yet", "note_path": "x"}))
+    cfg = load(
+        tiny_config(workdir, {"name": "paths", "weights": "w.pt", "cache": "not/yet", "note_path": "x"})
+    )
     assert cfg.model["weights"] == str((workdir / "w.pt").resolve())
     assert cfg.model["cache"] == str((workdir / "not/yet").resolve())  # may be created: need not exist
     assert cfg.model["note_path"] == "x"  # a string, whatever its name
     with pytest.raises(ConfigError, match=r"model\.weights: no such file or directory: missing\.pt"):
-        load(_raw(workdir, {"name": "paths", "weights": "missing.pt"}))
+        load(tiny_config(workdir, {"name": "paths", "weights": "missing.pt"}))
 
 
 def test_protein_functions_pretrained_checkpoint_is_a_declared_path() -> None:
@@ -231,34 +230,6 @@ def test_no_platform_file_does_more_than_one_files_worth_of_jobs() -> None:
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 
-def _write_tiny_hypergraph(folder: Path) -> Path:
-    """12 nodes, 2 classes, 4 hyperedges, one split: the smallest input the hypergraph data module reads."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    (folder / "hyperedges.json").write_text(
-        json.dumps({"hyperedges": [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]})
-    )
-    sp.save_npz(folder / "features.npz", sp.csr_matrix(rng.random((12, 3)).astype(np.float32)))
-    np.save(folder / "labels.npy", np.array([0, 1] * 6, dtype=np.int64))
-    (folder / "splits.json").write_text(json.dumps([{"train": [0, 1, 2, 3], "test": list(range(4, 12))}]))
-    return folder
-
-
-def _raw(workdir: Path, model: dict) -> dict:
-    return {
-        "name": "contract",
-        "model": model,
-        "data": {"name": "hypergraph", "path": str(_write_tiny_hypergraph(workdir / "graph"))},
-        "trainer": {"max_epochs": 1},
-    }
-
-
-def _experiment(workdir: Path, model: dict) -> Path:
-    path = workdir / "experiment.yaml"
-    path.write_text(yaml.safe_dump(_raw(workdir, model)))
-    return path
-
-
 def _runs_left_running(workdir: Path) -> list[str]:
     db = workdir / "mlflow.db"
     if not db.exists():
@@ -266,4 +237,4 @@ def _runs_left_running(workdir: Path) -> list[str]:
     from plexlab import tracking
 
     uri = tracking.resolve_uri(None)
-    return [r.run_id for r in tracking.search(uri, "contract") if r.status == "RUNNING"]
+    return [r.run_id for r in tracking.search(uri, "tiny") if r.status == "RUNNING"]

@@ -25,8 +25,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from plexlab import cli, train
-from plexlab import sweep as sweep_driver
+from plexlab import cli, local_ray, train
 from plexlab.datamodules.errors import DataError
 from test_hypergcl import write_graph
 from test_protein_data import plain, write_pdb
@@ -336,35 +335,35 @@ class _Started(Exception):
 
 def _capture_ray_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(sweep_driver.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(sweep_driver.ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(local_ray.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(local_ray.ray, "init", lambda **kwargs: calls.append(kwargs))
     return calls
 
 
 def test_local_ray_dashboard_binds_loopback_and_starts_its_own_instance(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     calls = _capture_ray_init(monkeypatch)
-    assert sweep_driver._start_ray(None) is True
+    assert local_ray.start(None) is True
     (kwargs,) = calls
     assert kwargs["address"] == "local", "never join a cluster that was not asked for"
     assert kwargs["dashboard_host"] == "127.0.0.1"
     assert kwargs.get("ray_client_server_port") is None
 
 
-def test_joining_a_cluster_forwards_only_mlflow_settings(monkeypatch) -> None:
+def test_joining_a_cluster_forwards_only_mlflow_settings_and_no_secret(monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.org")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-cluster")
     monkeypatch.setenv("RAY_ADDRESS", "head.example.org:6379")
     calls = _capture_ray_init(monkeypatch)
-    sweep_driver._start_ray(None)
-    sweep_driver._start_ray("ray://head.example.org:10001")
+    local_ray.start(None)
+    local_ray.start("ray://head.example.org:10001")
     env_vars = [c["runtime_env"]["env_vars"] for c in calls]
     assert [c["address"] for c in calls] == ["head.example.org:6379", "ray://head.example.org:10001"]
     for env in env_vars:
         assert env["MLFLOW_TRACKING_URI"] == "https://mlflow.example.org"
-        assert env["MLFLOW_TRACKING_USERNAME"] == "alice" and env["MLFLOW_TRACKING_PASSWORD"] == "pw"
+        assert env["MLFLOW_TRACKING_USERNAME"] == "alice" and "MLFLOW_TRACKING_PASSWORD" not in env
         assert "AWS_SECRET_ACCESS_KEY" not in env
         assert all(k.startswith(("MLFLOW_", "TUNE_")) for k in env), env
     assert all("dashboard_host" not in c for c in calls), "a joined cluster's dashboard is not ours to set"
