@@ -186,3 +186,39 @@ def test_the_quickstart_with_too_few_epochs_is_one_line(workdir, capsys) -> None
     config.write_text(yaml.safe_dump(quickstart))
     assert cli.main(["sweep", str(config), "--set", "trainer.max_epochs=5"]) == 2
     assert "sweep.scheduler.grace_period" in _one_line_error(capsys)
+
+
+@pytest.mark.ray
+def test_a_canary_password_appears_in_no_ray_log_param_tag_or_artifact(
+    workdir, credentials, monkeypatch
+) -> None:
+    import tempfile
+
+    from plexlab import api
+
+    # A short private folder for Ray's session (its socket paths must stay under 108 characters).
+    ray_tmp = Path(tempfile.mkdtemp(prefix="plxray"))
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    sweep = {
+        "num_samples": 2,
+        "space": {"model.lr": {"loguniform": [1e-3, 1e-2]}},
+        "resources": {"cpu": 1},
+        "max_concurrent": 1,
+    }
+    config = write_experiment(workdir, sweep=sweep)
+    result = api.sweep(config, storage=str(workdir / "sweeps"))
+    assert len(result.trials) == 2
+    sessions = list(ray_tmp.rglob("session_*"))
+    assert sessions, f"Ray wrote no session under {ray_tmp}"
+    leaks = [
+        str(path)
+        for root in (ray_tmp, workdir)
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink() and PASSWORD.encode() in path.read_bytes()
+    ]
+    assert leaks == [], f"the password was written to {leaks}"
+    token = local_ray.TOKEN_FILE
+    if token.exists():
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    logs = [p for p in ray_tmp.rglob("*.log") if p.is_file()]
+    assert logs and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in logs), "Ray's logs are private"
