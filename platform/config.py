@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from plexlab import registry
+from plexlab.datamodules import bundled
 from plexlab.datamodules.paths import MayNotExist
 from plexlab.errors import ConfigError, RegistryError
 from plexlab.sweep_config import DISTRIBUTIONS, Strict, SweepConfig, check_distribution, check_schedule
@@ -241,7 +242,13 @@ def _is_union(annotation: Any) -> bool:
 
 
 def _resolve_path(value: str, role: str, source: str, key: str) -> str:
-    """Absolute (trials run in other directories), and present unless the class may create it."""
+    """Absolute (trials run in other directories), and present unless the class may create it; a
+    `bundled:NAME` input is a data set shipped with the package."""
+    if role == "input" and value.startswith(bundled.PREFIX):
+        try:
+            return str(bundled.path(value.removeprefix(bundled.PREFIX)))
+        except KeyError as exc:
+            raise ConfigError(source, key, exc.args[0]) from None
     path = Path(value).expanduser().resolve()
     if role == "input" and not path.exists():
         raise ConfigError(source, key, f"no such file or directory: {value}")
