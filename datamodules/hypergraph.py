@@ -195,6 +195,22 @@ class HypergraphDataModule(pl.LightningDataModule):
         assert self.batch is not None, "call setup() first"
         return {"in_dim": self.batch.graph.x.shape[1], "num_classes": int(self.batch.y.max()) + 1}
 
+    def summary(self) -> dict[str, Any]:
+        """Nodes, hyperedges, incidences, features, nodes per class and split (for `plexlab data check`)."""
+        assert self.batch is not None, "call setup() first"
+        graph, y = self.batch.graph, self.batch.y
+        counts = torch.bincount(y).tolist()
+        return {
+            "nodes": graph.num_nodes,
+            "hyperedges": graph.num_edges,
+            "incidences": int(graph.node_idx.numel()),
+            "features": int(graph.x.shape[1]),
+            "nodes per class": ", ".join(f"{c}: {k}" for c, k in enumerate(counts)),
+            "train nodes": int(self.batch.train_mask.sum()),
+            "val nodes": int(self.batch.val_mask.sum()),
+            "test nodes": int(self.batch.test_mask.sum()),
+        }
+
     def _loader(self) -> DataLoader:
         assert self.batch is not None, "call setup() first"
         return DataLoader([self.batch], batch_size=None, collate_fn=None)

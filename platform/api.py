@@ -23,6 +23,7 @@ Overrides = dict[str, Any] | list[str] | None
 
 __all__ = [
     "FitResult",
+    "check_data",
     "datamodules",
     "embed",
     "fit",
@@ -112,6 +113,14 @@ def sweep_status(
     from plexlab import sweep as driver
 
     return driver.status_rows(config, _merge(overrides, kwargs), allow_tracking_uri=allow_tracking_uri)
+
+
+def check_data(path: str | Path, data: str, overrides: Overrides = None, **kwargs: Any) -> dict[str, Any]:
+    """Read and validate `path` with data module `data` (its settings as `data.*` overrides) without
+    training; returns what it found: counts, modalities, labels, splits, rejected records."""
+    from plexlab import data_check
+
+    return data_check.check(path, data, _merge(overrides, kwargs))
 
 
 def runs(experiment: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:

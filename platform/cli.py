@@ -98,6 +98,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     console.print(table)
 
 
+def cmd_data_check(args: argparse.Namespace) -> None:
+    summary = _api().check_data(args.path, args.data, args.set)
+    flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    console.print(_table(f"{args.data}: {args.path}", [{"": k, "value": v} for k, v in flat.items()]))
+    for title, table in ((k, v) for k, v in summary.items() if isinstance(v, dict)):
+        rows = [{"": k, "value": v} for k, v in table.items()] or [{"": "none", "value": ""}]
+        console.print(_table(title, rows))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     for title, entries in (("models", _api().models()), ("data modules", _api().datamodules())):
         console.print(_table(title, [{"name": n, "summary": s} for n, s in entries.items()]))
@@ -170,6 +179,15 @@ def parser() -> argparse.ArgumentParser:
         help="start a local Ray even with RAY_AUTH_MODE=disabled (anyone reaching its ports can run code)",
     )
     p.set_defaults(run=cmd_sweep)
+
+    p = sub.add_parser("data", parents=[common], help="check your data against a data module")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser(
+        "check", parents=[common, sets], help="read and validate data without training; print what was found"
+    )
+    q.add_argument("path", help="the file or folder the data module reads (its `path` setting)")
+    q.add_argument("--data", required=True, help="the data module (see `plexlab list`)")
+    q.set_defaults(run=cmd_data_check)
 
     p = sub.add_parser("list", parents=[common], help="registered models and data modules")
     p.set_defaults(run=cmd_list)

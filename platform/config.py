@@ -190,8 +190,8 @@ def validate(
         key = ".".join(str(p) for p in err["loc"])
         problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise ConfigError(source, key, problem) from None
-    cfg.model = _validate_section(cfg.model, "model", registry.model_class, source)
-    cfg.data = _validate_section(cfg.data, "data", registry.datamodule_class, source)
+    cfg.model = validate_section(cfg.model, "model", registry.model_class, source)
+    cfg.data = validate_section(cfg.data, "data", registry.datamodule_class, source)
     cfg.trainer = _validate_trainer(cfg.trainer, source)
     if cfg.sweep is not None:
         _validate_space(cfg, source)
@@ -199,7 +199,8 @@ def validate(
     return cfg
 
 
-def _validate_section(section: dict[str, Any], kind: str, lookup: Any, source: str) -> dict[str, Any]:
+def validate_section(section: dict[str, Any], kind: str, lookup: Any, source: str) -> dict[str, Any]:
+    """A `model` or `data` section checked against its registered class's signature, paths resolved."""
     name = section.get("name")
     if not isinstance(name, str):
         raise ConfigError(source, f"{kind}.name", "required: the registered name (see `plexlab list`)")

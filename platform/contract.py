@@ -18,12 +18,15 @@ A data module (a `lightning.pytorch.LightningDataModule`):
   models); a derived value that contradicts the experiment file is an error;
 - takes its settings as typed `__init__` keyword arguments, paths declared as for models; an argument
   annotated `plexlab.datamodules.paths.OutputPath` is a path that the data module may create (a cache folder);
-- may provide `sample_ids() -> list[str]` (the rows of `plexlab embed`) and
+- may provide `summary() -> dict` (what `plexlab data check` prints: counts, modalities, labels, splits),
+  `skip_table() -> Counter` (records it rejected, by reason), `sample_ids() -> list[str]` (the rows of
+  `plexlab embed`) and
   `write_embedding(values, out, model_name) -> Path` (the embedding in a copy of the input, e.g. AnnData).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -70,6 +73,20 @@ class HasSampleIds(Protocol):
     """Optional: the ids of the samples `predict` yields, in order (rows of an embedding file)."""
 
     def sample_ids(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Summarizes(Protocol):
+    """Optional: what the data module read, for `plexlab data check` (after `setup("fit")`)."""
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ReportsSkips(Protocol):
+    """Optional: the records the reader rejected, counted by reason."""
+
+    def skip_table(self) -> Counter: ...
 
 
 @runtime_checkable

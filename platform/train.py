@@ -61,7 +61,7 @@ def primary(cfg: ExperimentConfig) -> tuple[str, str]:
 def build(cfg: ExperimentConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The data module (set up for fit) and the model, sized by what the data says."""
     try:
-        dm = _construct(cfg, "data", registry.datamodule_class(cfg.data_name), cfg.data_args())
+        dm = construct(cfg.source, "data", registry.datamodule_class(cfg.data_name), cfg.data_args())
         dm.setup("fit")
     except DataError as exc:
         if exc.source == "data" or exc.source.startswith(("data.", "model.")):  # a setting: name the file
@@ -81,14 +81,14 @@ def build(cfg: ExperimentConfig) -> tuple[pl.LightningDataModule, pl.LightningMo
     if missing:
         raise ConfigError(cfg.source, f"model.{missing[0]}", "required and not provided by the data module")
     try:
-        return dm, _construct(cfg, "model", model_cls, args)
+        return dm, construct(cfg.source, "model", model_cls, args)
     except DataError as exc:
         if exc.source.startswith("model."):
             raise ConfigError(cfg.source, exc.source, exc.problem) from None
         raise
 
 
-def _construct(cfg: ExperimentConfig, section: str, cls: type, args: dict[str, Any]) -> Any:
+def construct(source: str, section: str, cls: type, args: dict[str, Any]) -> Any:
     """A model or data module from its config section. A ValueError from its constructor is a setting the
     class refused (settings that do not fit together): one line naming the key it mentions, or the section."""
     try:
@@ -97,7 +97,7 @@ def _construct(cfg: ExperimentConfig, section: str, cls: type, args: dict[str, A
         message = first_line(exc, 300)
         named = [k for k in args if k in message]
         key = f"{section}.{max(named, key=len)}" if named else section
-        raise ConfigError(cfg.source, key, message) from None
+        raise ConfigError(source, key, message) from None
 
 
 def make_trainer(
