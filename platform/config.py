@@ -24,17 +24,11 @@ from plexlab import registry
 from plexlab.datamodules import bundled
 from plexlab.datamodules.paths import MayNotExist
 from plexlab.errors import ConfigError, RegistryError
-from plexlab.sweep_config import DISTRIBUTIONS, Strict, SweepConfig, check_distribution, check_schedule
+from plexlab.fit_config import CheckpointConfig, EarlyStoppingConfig, TrackingConfig
+from plexlab.sweep_config import DISTRIBUTIONS, Strict, SweepConfig, check_distribution
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-class TrackingConfig(Strict):
-    """Where runs are recorded: `uri: null` is the embedded SQLite store in the working directory."""
-
-    uri: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class ExperimentConfig(Strict):
@@ -46,6 +40,8 @@ class ExperimentConfig(Strict):
     data: dict[str, Any]
     trainer: dict[str, Any] = Field(default_factory=dict)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     sweep: SweepConfig | None = None
     # Not part of the file: where it came from, and the code version it runs.
     source: str = Field("<dict>", exclude=True)
@@ -195,7 +191,6 @@ def validate(
     cfg.trainer = _validate_trainer(cfg.trainer, source)
     if cfg.sweep is not None:
         _validate_space(cfg, source)
-        check_schedule(cfg.sweep.scheduler, cfg.trainer, source)
     return cfg
 
 

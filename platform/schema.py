@@ -46,7 +46,8 @@ TEST: Kind = "test"
 SWEEP_KIND: Kind = "sweep"
 TRIAL: Kind = "trial"
 
-# Summary metrics of a parent run.
+# Summary metrics of a run.
+STOPPED_EPOCH = "stopped_epoch"  # the epoch early stopping ended a fit at
 TRIALS = "trials"
 TRIALS_FAILED = "trials_failed"
 

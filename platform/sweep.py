@@ -17,7 +17,7 @@ import ray
 from plexlab import local_ray, runs_table, schema, sweep_runs, tracking, train
 from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
-from plexlab.sweep_config import ResourcesConfig
+from plexlab.sweep_config import ResourcesConfig, check_schedule
 from plexlab.sweep_runs import SweepResult
 from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
 from plexlab.sweep_trial import TrialSpec, run_trial
@@ -51,6 +51,7 @@ def sweep(
     cfg = load(config, overrides)
     if cfg.sweep is None:
         raise ConfigError(cfg.source, "sweep", "missing: this file has no sweep section (use `plexlab fit`)")
+    check_schedule(cfg.sweep.scheduler, cfg.trainer, cfg.source)  # a fit of the same file need not pass it
     metric, mode = objective(cfg)
     uri = tracking.trusted_uri(cfg.tracking.uri, cfg.source, allow_other_host=allow_tracking_uri)
     tracking.check(uri)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from plexlab import contract, plots, registry, schema, tracking
 from plexlab.config import ExperimentConfig, flatten, load
 from plexlab.datamodules.errors import first_line
 from plexlab.errors import ConfigError, DataError
+from plexlab.fit_config import EarlyStoppingConfig
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,22 @@ def fit(
             uri, cfg.name, run_name=cfg.tracking.tags.get("run_name"), tags=run_tags(cfg, kind=schema.FIT)
         )
     workdir = Path(workdir or RUNS_DIR / cfg.name / (run.run_id if run else time.strftime("%Y%m%d-%H%M%S")))
+    # Saved when validation ends, before any on_train_epoch_end hook: a sweep trial reports the epoch to Tune
+    # there, and a scheduler that stops the trial at that report must not cost it its best epoch.
     checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=workdir / "checkpoints", filename="best", monitor=metric, mode=mode, save_top_k=1
+        dirpath=workdir / "checkpoints",
+        filename="best",
+        monitor=metric,
+        mode=mode,
+        save_top_k=cfg.checkpoint.save_top_k,
+        save_last=cfg.checkpoint.save_last,
+        every_n_epochs=cfg.checkpoint.every_n_epochs,
+        save_on_train_epoch_end=False,
     )
+    if cfg.early_stopping is not None:
+        hooks = replace(
+            hooks, callbacks=[*hooks.callbacks, _early_stopping(cfg.early_stopping, metric, mode)]
+        )
     ending = tracking.ending(run, sigterm_is_stop=in_sweep) if run else contextlib.nullcontext()
     with ending, tracking.failures_named(uri):
         return _fit(cfg, dm, model, run, workdir, hooks, checkpoint, metric)
@@ -214,6 +228,8 @@ def _fit(
         if run is not None and trainer.is_global_zero:
             _log_outcome(run, cfg, checkpoint, metric)
         raise
+    if run is not None and trainer.is_global_zero:
+        _record_early_stop(run, trainer)  # before testing the best checkpoint restores the callbacks' state
     best = checkpoint.best_model_path or None
     if not best:
         log.warning("%s was never logged: testing the last weights, not the best epoch", metric)
@@ -234,6 +250,25 @@ def _fit(
         primary_metric=metric,
         best_score=best_score,
     )
+
+
+def _early_stopping(settings: EarlyStoppingConfig, metric: str, mode: str) -> pl.callbacks.EarlyStopping:
+    """Checked when validation ends, like the checkpoint, so both see the same epochs."""
+    return pl.callbacks.EarlyStopping(
+        monitor=settings.metric or metric,
+        mode=settings.mode or (mode if settings.metric is None else "max"),
+        patience=settings.patience,
+        min_delta=settings.min_delta,
+        check_on_train_epoch_end=False,
+    )
+
+
+def _record_early_stop(run: tracking.Run, trainer: pl.Trainer) -> None:
+    """The epoch early stopping ended the fit at, if it did."""
+    stopper = trainer.early_stopping_callback
+    if stopper is not None and stopper.stopped_epoch > 0:
+        run.log_metrics({schema.STOPPED_EPOCH: stopper.stopped_epoch})
+        run.set_tags({schema.STOPPED: f"early stopping: no improvement for {stopper.patience} epochs"})
 
 
 def _steps_per_epoch(dm: pl.LightningDataModule) -> int | None:

@@ -76,8 +76,13 @@ def test_asha_sweep_has_one_parent_and_a_finished_child_per_trial(workdir):
     ]
     assert len({k.data.tags[schema.TRIAL_ID] for k in kids}) == 6
     assert all(k.info.run_name == k.data.tags[schema.TRIAL_ID] for k in kids)
+    table = {row["trial"]: row["val/acc"] for row in result.trials}
     for kid in kids:
-        assert client.get_metric_history(kid.info.run_id, "val/acc"), kid.info.run_name
+        history = [m.value for m in client.get_metric_history(kid.info.run_id, "val/acc")]
+        assert history, kid.info.run_name
+        # Stopped or not, the best is the best epoch of the trial's own history, in MLflow and the summary.
+        assert kid.data.metrics["val/acc_best"] == pytest.approx(max(history)), (kid.info.run_name, history)
+        assert table[kid.data.tags[schema.TRIAL_ID]] == pytest.approx(max(history))
         assert [a.path for a in client.list_artifacts(kid.info.run_id, "checkpoints")] == [
             "checkpoints/best.ckpt"
         ]
