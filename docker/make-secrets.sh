@@ -6,7 +6,7 @@ set -eu
 dir=${PLEXLAB_SECRETS_DIR:-$(dirname "$0")/secrets}
 mkdir -p "$dir"
 chmod 700 "$dir"
-for name in postgres_password mlflow_admin_password mlflow_flask_secret_key ray_auth_token; do
+for name in postgres_password mlflow_admin_password mlflow_ray_password mlflow_flask_secret_key ray_auth_token; do
     if [ ! -s "$dir/$name" ]; then
         python3 -c 'import secrets; print(secrets.token_hex(32), end="")' > "$dir/$name"
         # Readable by the containers' unprivileged users; the 0700 directory keeps other host users out.
