@@ -1,6 +1,9 @@
 #!/bin/sh
 # Create the secret files compose.yaml mounts (docker/secrets/ by default, or $PLEXLAB_SECRETS_DIR).
 # Existing files are kept, so running it again never rotates a password behind a running stack.
+# To rotate one: delete its file, run this again, then `docker compose up -d --force-recreate`. The Ray
+# nodes' MLflow password (mlflow_ray_password) is re-applied by the MLflow container at every start; the
+# admin password is only read when the admin account is first created, so change it in the MLflow UI too.
 # Values are hex: no characters that need quoting in URIs or in ini files.
 set -eu
 dir=${PLEXLAB_SECRETS_DIR:-$(dirname "$0")/secrets}

@@ -316,6 +316,14 @@ def test_dockerignore_keeps_secrets_and_environments_out() -> None:
     ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
     for pattern in ("docker/secrets", "**/.env", "**/.venv", "**/.git", "mlflow.db"):
         assert pattern in ignored
+    # The MLflow image's context is docker/ itself: everything is left out but the files it copies.
+    lines = [
+        line
+        for line in (DOCKER / "mlflow.Dockerfile.dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    copied = [a.split()[-2] for op, a in instructions(DOCKER / "mlflow.Dockerfile") if op == "COPY"]
+    assert lines == ["*", *(f"!{source}" for source in copied)]
 
 
 # --- entry points ----------------------------------------------------------------------------------------
