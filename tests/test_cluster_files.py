@@ -419,7 +419,7 @@ def test_slurm_script_flow_and_hygiene() -> None:
         code,
     )
     # Private temporary folders: made per node by mktemp -d, never a path other users can predict.
-    assert 'mktemp -d "${TMPDIR:-/tmp}/plexlab-ray-${SLURM_JOB_ID:-job}.XXXXXX"' in code
+    assert 'mktemp -d "${TMPDIR:-/tmp}/pxr-XXXXXX"' in code
     assert '--temp-dir="$private/ray"' in code and "/tmp/ray_" not in code
     assert code.count("--temp-dir=") == 2, "only the wrapper passes --temp-dir"
     assert 'plexlab sweep "$SWEEP_FILE" --address "$HEAD_ADDRESS" --storage "$STORAGE" "$@"' in code
@@ -472,7 +472,7 @@ def test_slurm_node_wrapper_runs_ray_in_a_private_folder_and_removes_it(tmp_path
         arguments, mode = out.read_text().splitlines()[:2]
         temp_dir = Path(arguments.split("--temp-dir=")[1])
         assert arguments.startswith("start --block --temp-dir=")
-        assert temp_dir.name == "ray" and re.fullmatch(r"plexlab-ray-77\.\w{6}", temp_dir.parent.name)
+        assert temp_dir.name == "ray" and re.fullmatch(r"pxr-\w{6}", temp_dir.parent.name)
         assert temp_dir.parent.parent == scratch and mode == "700", "private: mode 700, random name"
         node.send_signal(signal.SIGTERM)  # what srun forwards when the job ends
         assert node.wait(timeout=30) == 0
@@ -515,7 +515,7 @@ SHIMS = {
         alive = [n for n in ray.nodes() if n["Alive"]]
         record = {"args": args, "nodes": len(alive), "auth": os.environ.get("RAY_AUTH_MODE")}
         # The nodes' private temporary folders (both "nodes" are this machine) and their modes.
-        private = [e for e in os.scandir(os.environ["TMPDIR"]) if e.name.startswith("plexlab-ray-")]
+        private = [e for e in os.scandir(os.environ["TMPDIR"]) if e.name.startswith("pxr-")]
         record["private"] = sorted(oct(e.stat().st_mode & 0o777) for e in private)
         with open(os.environ["SIM_OUT"], "w") as f:
             json.dump(record, f)
@@ -561,7 +561,7 @@ def test_slurm_script_runs_a_two_node_cluster_and_cleans_up(tmp_path: Path) -> N
             text=True,
             timeout=240,
         )
-        left_folders = list(scratch.iterdir())
+        left_folders = list(scratch.glob("pxr-*"))  # ours (Python leaves its own pymp-* there)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert done.returncode == 3, done.stdout + done.stderr  # the sweep's status is the job's status
