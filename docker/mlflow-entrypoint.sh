@@ -6,6 +6,8 @@
 #   MLFLOW_DB_HOST, MLFLOW_DB_PORT, MLFLOW_DB_NAME, MLFLOW_DB_USER, MLFLOW_DB_PASSWORD_FILE
 #   MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD_FILE   the admin account created on first start
 #   MLFLOW_FLASK_SERVER_SECRET_KEY_FILE                          CSRF key of the basic-auth app
+#   MLFLOW_RAY_USERNAME, MLFLOW_RAY_PASSWORD_FILE                the Ray nodes' account (optional): created
+#       or updated by mlflow-ray-user before the server starts, not an admin, EDIT on every experiment
 # Exports MLFLOW_BACKEND_STORE_URI (read by `mlflow server`), MLFLOW_AUTH_CONFIG_PATH (a private ini whose
 # database_uri points the user store at the same PostgreSQL database: its tables and its alembic version
 # table are separate from the tracking store's), MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY.
@@ -50,5 +52,11 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 )
 export MLFLOW_AUTH_CONFIG_PATH
+
+# The Ray nodes log as their own non-admin account, so a compromised node cannot manage users. Run on
+# every start: a new password in the secret file rotates the account's password.
+if [ -n "${MLFLOW_RAY_USERNAME:-}" ]; then
+    mlflow-ray-user || exit 2
+fi
 
 exec "$@"

@@ -15,6 +15,7 @@ RUN pip install "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13" \
     && chown mlflow:mlflow /mlartifacts
 
 COPY --chmod=0755 mlflow-entrypoint.sh /usr/local/bin/mlflow-entrypoint
+COPY --chmod=0755 mlflow-ray-user.py /usr/local/bin/mlflow-ray-user
 
 USER mlflow
 WORKDIR /home/mlflow

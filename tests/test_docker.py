@@ -2,9 +2,10 @@
 
 The compose file is validated against the compose-spec JSON schema vendored by `check-jsonschema` (skipped
 when that package is absent) and then against plexlab's own rules: nothing published beyond 127.0.0.1,
-MLflow with basic auth, allowed hosts and PostgreSQL, Ray token auth on every node, GPUs on the workers,
-secrets only as files, healthchecks everywhere. The entry point scripts run for real on temporary secret
-files.
+MLflow with basic auth, allowed hosts and PostgreSQL, the Ray nodes on a non-admin MLflow account, Ray
+token auth on every node, GPUs on the workers, secrets only as files, healthchecks everywhere. The entry
+point scripts and the account set-up run for real on temporary secret files (the set-up needs
+mlflow[auth], i.e. Flask-WTF, and is skipped without it).
 """
 
 import configparser
@@ -127,6 +128,26 @@ def test_mlflow_server_has_basic_auth_and_allowed_hosts(services: dict) -> None:
     env = env_of(services["mlflow"])
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"].startswith("/run/secrets/")
     assert env["MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"].startswith("/run/secrets/")
+
+
+def test_ray_nodes_log_to_mlflow_as_a_non_admin_account(compose: dict, services: dict) -> None:
+    mlflow = env_of(services["mlflow"])
+    admin = resolve(str(mlflow["MLFLOW_AUTH_ADMIN_USERNAME"]))
+    account = resolve(str(mlflow["MLFLOW_RAY_USERNAME"]))
+    assert account and account != admin, "the Ray nodes need their own account"
+    ray_secret = mlflow["MLFLOW_RAY_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert ray_secret in services["mlflow"]["secrets"] and ray_secret in compose["secrets"]
+    admin_secret = mlflow["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert admin_secret != ray_secret
+    for name, svc in ray_services(services).items():
+        env = env_of(svc)
+        assert resolve(str(env["MLFLOW_TRACKING_USERNAME"])) == account, name
+        assert env["MLFLOW_TRACKING_PASSWORD_FILE"] == f"/run/secrets/{ray_secret}", name
+        assert ray_secret in svc["secrets"], name
+        assert admin_secret not in svc["secrets"], f"{name}: the admin password never reaches a Ray node"
+    # The MLflow image runs the account set-up from its entrypoint.
+    dockerfile = (DOCKER / "mlflow.Dockerfile").read_text()
+    assert "COPY --chmod=0755 mlflow-ray-user.py /usr/local/bin/mlflow-ray-user" in dockerfile
 
 
 def test_ray_token_auth_on_every_node(compose: dict, services: dict) -> None:
@@ -295,6 +316,14 @@ def test_dockerignore_keeps_secrets_and_environments_out() -> None:
     ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
     for pattern in ("docker/secrets", "**/.env", "**/.venv", "**/.git", "mlflow.db"):
         assert pattern in ignored
+    # The MLflow image's context is docker/ itself: everything is left out but the files it copies.
+    lines = [
+        line
+        for line in (DOCKER / "mlflow.Dockerfile.dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    copied = [a.split()[-2] for op, a in instructions(DOCKER / "mlflow.Dockerfile") if op == "COPY"]
+    assert lines == ["*", *(f"!{source}" for source in copied)]
 
 
 # --- entry points ----------------------------------------------------------------------------------------
@@ -303,6 +332,10 @@ def test_dockerignore_keeps_secrets_and_environments_out() -> None:
 @pytest.mark.parametrize("script", ["entrypoint.sh", "mlflow-entrypoint.sh", "make-secrets.sh"])
 def test_shell_scripts_parse(script: str) -> None:
     subprocess.run(["sh", "-n", str(DOCKER / script)], check=True)
+
+
+def python_path() -> str:
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
 def write_secrets(directory: Path, **values: str) -> dict[str, Path]:
@@ -314,10 +347,12 @@ def write_secrets(directory: Path, **values: str) -> dict[str, Path]:
     return paths
 
 
-def run_mlflow_entrypoint(tmp_path: Path, db_password: str, *command: str) -> subprocess.CompletedProcess:
+def run_mlflow_entrypoint(
+    tmp_path: Path, db_password: str, *command: str, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     secrets = write_secrets(tmp_path / "secrets", db=db_password, admin="adminpw-123", flask="flask-key-456")
     env = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PATH": python_path(),
         "TMPDIR": str(tmp_path),
         "MLFLOW_DB_HOST": "postgres",
         "MLFLOW_DB_NAME": "mlflow",
@@ -325,6 +360,7 @@ def run_mlflow_entrypoint(tmp_path: Path, db_password: str, *command: str) -> su
         "MLFLOW_DB_PASSWORD_FILE": str(secrets["db"]),
         "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets["admin"]),
         "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets["flask"]),
+        **(extra_env or {}),
     }
     return subprocess.run(
         ["sh", str(DOCKER / "mlflow-entrypoint.sh"), *command], env=env, capture_output=True, text=True
@@ -356,6 +392,102 @@ def test_mlflow_entrypoint_refuses_placeholders_and_missing_secrets(tmp_path: Pa
     assert done.returncode == 2 and "postgres_password" in done.stderr
 
 
+RECORDING_RAY_USER = """\
+#!/bin/sh
+# Stands in for mlflow-ray-user: records what the entrypoint hands it.
+{ echo "user=$MLFLOW_RAY_USERNAME"; echo "password_file=$MLFLOW_RAY_PASSWORD_FILE"; \\
+  echo "admin=$MLFLOW_AUTH_ADMIN_USERNAME"; cat "$MLFLOW_AUTH_CONFIG_PATH"; } > "$RECORD"
+exit "${RAY_USER_STATUS:-0}"
+"""
+
+
+def test_mlflow_entrypoint_sets_up_the_ray_account_before_the_server(tmp_path: Path) -> None:
+    shim = tmp_path / "bin" / "mlflow-ray-user"
+    shim.parent.mkdir()
+    shim.write_text(RECORDING_RAY_USER)
+    shim.chmod(0o755)
+    record = tmp_path / "record"
+    extra = {
+        "PATH": f"{shim.parent}{os.pathsep}{python_path()}",
+        "MLFLOW_RAY_USERNAME": "plexlab-ray",
+        "MLFLOW_RAY_PASSWORD_FILE": "/run/secrets/mlflow_ray_password",
+        "RECORD": str(record),
+    }
+    done = run_mlflow_entrypoint(tmp_path, "dbpw", "echo", "server-started", extra_env=extra)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "server-started"
+    seen = record.read_text()
+    assert "user=plexlab-ray\npassword_file=/run/secrets/mlflow_ray_password\nadmin=admin\n" in seen
+    assert "database_uri = postgresql+psycopg2://mlflow:dbpw@postgres:5432/mlflow" in seen, (
+        "the server's store"
+    )
+    # The server never starts when the account cannot be set up.
+    done = run_mlflow_entrypoint(
+        tmp_path, "dbpw", "echo", "server-started", extra_env={**extra, "RAY_USER_STATUS": "2"}
+    )
+    assert done.returncode == 2 and "server-started" not in done.stdout
+
+
+def test_mlflow_ray_user_is_a_non_admin_editor_and_rotates_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """docker/mlflow-ray-user.py on a SQLite user store, as the MLflow entrypoint runs it (in this process:
+    importing MLflow's auth app once keeps the test short)."""
+    pytest.importorskip("flask_wtf", reason="MLflow's auth store needs mlflow[auth] (Flask-WTF)")
+    import runpy
+
+    from mlflow.server.auth.permissions import GrantLoadKey
+    from mlflow.server.auth.requirements import fold_grants_for_key
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    ini = tmp_path / "auth.ini"
+    ini.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path / 'auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    password_file = tmp_path / "mlflow_ray_password"
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.setenv("MLFLOW_RAY_PASSWORD_FILE", str(password_file))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    main = runpy.run_path(str(DOCKER / "mlflow-ray-user.py"))["main"]
+
+    def run(username: str, password: str | None) -> tuple[int, str, str]:
+        monkeypatch.setenv("MLFLOW_RAY_USERNAME", username)
+        if password is None:
+            password_file.unlink(missing_ok=True)
+        else:
+            password_file.write_text(password)
+        status = main()
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    status, out, err = run("plexlab-ray", "first-pw-0123456789")
+    assert status == 0 and "created plexlab-ray" in out, err
+    status, out, err = run("plexlab-ray", "second-pw-0123456789\n")  # a rotated secret file
+    assert status == 0 and "updated plexlab-ray" in out, err
+
+    store = SqlAlchemyStore()
+    store.init_db(f"sqlite:///{tmp_path / 'auth.db'}")
+    user = store.get_user("plexlab-ray")
+    assert user.is_admin is False
+    assert store.authenticate_user("plexlab-ray", "second-pw-0123456789")
+    assert not store.authenticate_user("plexlab-ray", "first-pw-0123456789"), "the old password is gone"
+    grants = store.list_grants(user.id, "default", {"experiment"})
+    for experiment_id in ("0", "123"):  # any experiment, including ones the admin created
+        assert fold_grants_for_key(grants, GrantLoadKey("experiment", experiment_id)).name == "EDIT"
+
+    for username, password, message in [
+        ("admin", "pw-0123456789", "is the admin account"),
+        ("plexlab-ray", None, "cannot read MLFLOW_RAY_PASSWORD_FILE"),
+        ("plexlab-ray", "change-me", "placeholder"),
+    ]:
+        status, _, err = run(username, password)
+        assert status == 2, err
+        (line,) = err.strip().splitlines()
+        assert line.startswith("mlflow-ray-user: ") and message in line
+
+
 def test_plexlab_entrypoint_writes_mlflow_credentials_the_client_reads(tmp_path: Path) -> None:
     secrets = write_secrets(tmp_path / "secrets", mlflow="s3cret-pw", token="tok")
     home = tmp_path / "home"
@@ -380,6 +512,27 @@ def test_plexlab_entrypoint_writes_mlflow_credentials_the_client_reads(tmp_path:
         "mlflow_tracking_username": "alice",
         "mlflow_tracking_password": "s3cret-pw",
     }
+
+    assert stat.S_IMODE(credentials.parent.stat().st_mode) == 0o700
+
+    # A restart finds the file of the last start, perhaps loosened meanwhile: it is written private again.
+    credentials.chmod(0o644)
+    (home / ".mlflow").chmod(0o755)
+    done = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "true"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    assert stat.S_IMODE(credentials.parent.stat().st_mode) == 0o700
+
+    # No account name: refused, rather than guessing one.
+    done = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "true"],
+        env={k: v for k, v in env.items() if k != "MLFLOW_TRACKING_USERNAME"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in done.stderr
 
     env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "missing")
     done = subprocess.run(
@@ -406,7 +559,9 @@ def test_make_secrets_creates_private_hex_secrets_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_mlflow_server_with_the_compose_flags_enforces_auth_and_hosts(tmp_path: Path, services: dict) -> None:
-    """The compose command line, on SQLite instead of PostgreSQL: basic auth, allowed hosts, artifacts."""
+    """The compose command line, on SQLite instead of PostgreSQL: basic auth, allowed hosts, artifacts, and
+    the Ray nodes' account as mlflow-ray-user sets it up: it logs runs in the admin's experiments, and
+    cannot manage users."""
     pytest.importorskip("flask_wtf", reason="the basic-auth app needs mlflow[auth] (Flask-WTF)")
     import time
     import urllib.error
@@ -428,6 +583,16 @@ def test_mlflow_server_with_the_compose_flags_enforces_auth_and_hosts(tmp_path: 
         f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
+    (tmp_path / "ray_pw").write_text("ray-pw-0123456789")
+    ray_user = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+        "MLFLOW_RAY_USERNAME": "plexlab-ray",
+        "MLFLOW_RAY_PASSWORD_FILE": str(tmp_path / "ray_pw"),
+    }
+    subprocess.run(
+        [sys.executable, str(DOCKER / "mlflow-ray-user.py")], env=ray_user, check=True, timeout=300
+    )
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -444,18 +609,29 @@ def test_mlflow_server_with_the_compose_flags_enforces_auth_and_hosts(tmp_path: 
     )
     base = f"http://127.0.0.1:{port}"
 
-    def status(path: str, auth: bool = False, host: str | None = None) -> int:
-        request = urllib.request.Request(base + path)
+    import base64
+
+    def call(path: str, auth: bool | str = False, host: str | None = None, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(base + path, data=data)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         if auth:
-            request.add_header("Authorization", "Basic YWRtaW46YWRtaW4tcHctMDEyMw==")  # admin:admin-pw-0123
+            user = "admin:admin-pw-0123" if auth is True else auth
+            request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
         if host:
             request.add_header("Host", host)
         try:
             # The first authenticated call bootstraps the admin user (a slow password hash).
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status
+                payload = response.read()
+                is_json = response.headers.get_content_type() == "application/json"
+                return response.status, json.loads(payload) if is_json else {}
         except urllib.error.HTTPError as error:
-            return error.code
+            return error.code, {}
+
+    def status(path: str, auth: bool | str = False, host: str | None = None, body: dict | None = None) -> int:
+        return call(path, auth, host, body)[0]
 
     try:
         deadline = time.monotonic() + 120
@@ -472,5 +648,16 @@ def test_mlflow_server_with_the_compose_flags_enforces_auth_and_hosts(tmp_path: 
         assert status(search, auth=True) == 200
         assert status(search, auth=True, host="mlflow:5000") == 200
         assert status(search, auth=True, host="evil.example") == 403
+
+        ray = "plexlab-ray:ray-pw-0123456789"
+        code, made = call("/api/2.0/mlflow/experiments/create", auth=True, body={"name": "by-admin"})
+        assert code == 200, "the admin creates an experiment"
+        run = {"experiment_id": made["experiment_id"], "start_time": 0}
+        assert status("/api/2.0/mlflow/runs/create", auth=ray, body=run) == 200, (
+            "EDIT on the admin's experiment"
+        )
+        assert status("/api/2.0/mlflow/runs/create", auth="plexlab-ray:wrong", body=run) == 401
+        new_user = {"username": "mallory", "password": "mallory-pw-0123"}
+        assert status("/api/2.0/mlflow/users/create", auth=ray, body=new_user) == 403, "not an admin"
     finally:
         stop(server)
