@@ -306,3 +306,140 @@ def test_model_settings_reach_the_encoder(torch_home: Path) -> None:
     write_checkpoint(torch_home, NAME, tiny_esm2())
     model = ProteinMMCL(esm_model=NAME, gnn_dims=[8], esm_freeze="all")
     assert model.encoder.seq.dim == DIM and not any(p.requires_grad for p in model.encoder.seq.parameters())
+
+
+# ------------------------------------------------------------------ E2's CLIP through transformers' cache
+
+CLIP_NAME = "openai/clip-vit-base-patch32"  # a real name; the cached folder holds a tiny random CLIP
+CLIP_SIZES = {
+    "vision_width": 32,
+    "vision_layers": 4,
+    "vision_heads": 4,
+    "patch_size": 8,
+    "text_width": 32,
+    "text_layers": 2,
+    "text_heads": 4,
+    "projection_dim": 16,
+}
+TOKENS = {"vocab_size": 64, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3, "max_text_length": 16}
+
+
+@pytest.fixture
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private, offline Hugging Face cache. huggingface_hub reads HF_HOME once, at import, so the test sets
+    both the variable (for what a user does) and the cache folder it derived (for this process)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path / "hf" / "hub"
+
+
+def cache_clip(hub: Path, name: str = CLIP_NAME):
+    """A tiny random CLIP saved where `hf download NAME` puts a model: models--org--name/snapshots/<rev>."""
+    from plexlab.modules.e2 import random_clip
+
+    torch.manual_seed(0)
+    clip = random_clip(**TOKENS, image_size=32, **CLIP_SIZES)
+    repo = hub / f"models--{name.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    clip.save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return clip
+
+
+def test_clip_by_name_from_the_hugging_face_cache(hf_home: Path) -> None:
+    from plexlab.modules.e2 import E2
+
+    saved = cache_clip(hf_home)
+    model = E2(**TOKENS, image_size=32, clip_model=CLIP_NAME)
+    assert model.clip.config.vision_config.hidden_size == 32  # the cached model's sizes, not ViT-B/32's
+    assert torch.equal(model.clip.visual_projection.weight, saved.visual_projection.weight)
+    assert torch.equal(model.region_projs[0].weight, saved.visual_projection.weight)
+
+
+def test_clip_offline_and_absent_names_the_model_and_the_cache(hf_home: Path) -> None:
+    from plexlab.modules.e2 import E2
+
+    with pytest.raises(DataError) as err:
+        E2(**TOKENS, image_size=32, clip_model=CLIP_NAME)
+    message = str(err.value)
+    assert err.value.source == "model.clip_model" and "\n" not in message
+    assert CLIP_NAME in message and str(hf_home) in message and "HF_HUB_OFFLINE" in message
+
+
+def test_unreachable_hub_falls_back_to_the_cache(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plexlab.modules.e2 import E2
+    from transformers import CLIPModel
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    real = CLIPModel.from_pretrained.__func__
+    asked: list[bool] = []
+
+    def no_hub(cls, name, *args, local_files_only: bool = False, **kwargs):
+        asked.append(local_files_only)
+        if not local_files_only:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return real(cls, name, *args, local_files_only=True, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(no_hub))
+    saved = cache_clip(hf_home)
+    model = E2(**TOKENS, image_size=32, clip_model=CLIP_NAME)
+    assert asked == [False, True]
+    assert torch.equal(model.clip.text_projection.weight, saved.text_projection.weight)
+    with pytest.raises(DataError, match=r"the hub could not serve it \(We couldn't connect"):
+        E2(**TOKENS, image_size=32, clip_model="openai/not-cached")
+
+
+def test_clip_weights_given_twice_or_not_fitting_the_data(hf_home: Path, tmp_path: Path) -> None:
+    from plexlab.modules.e2 import E2
+
+    cache_clip(hf_home)
+    with pytest.raises(DataError, match="give the weights once"):
+        E2(**TOKENS, image_size=32, clip_model=CLIP_NAME, clip_path=str(tmp_path))
+    with pytest.raises(DataError, match="is 64 but the CLIP model's is 32") as err:
+        E2(**TOKENS, image_size=64, clip_model=CLIP_NAME)
+    assert err.value.source == "data.image_size"
+    with pytest.raises(DataError, match="no such local CLIP model folder"):
+        E2(**TOKENS, image_size=32, clip_path=str(tmp_path / "nowhere"))
+
+
+def test_e2_fits_from_a_clip_named_in_the_experiment_file(hf_home: Path, workdir: Path) -> None:
+    """`plexlab fit` with MLflow on and the hub offline: CLIP comes from the cache by name, then trains."""
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    cache_clip(hf_home)
+    data = workdir / "pairs"
+    (data / "images").mkdir(parents=True)
+    rows = ["image,caption"]
+    for i, (name, rgb) in enumerate([("red", (220, 20, 20)), ("blue", (20, 20, 220))] * 4):
+        Image.new("RGB", (32, 32), rgb).save(data / "images" / f"{i}.png")
+        rows.append(f"{i}.png,a {name} square in a {name} box")
+    (data / "captions.csv").write_text("\n".join(rows) + "\n")
+    exp = workdir / "e2.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "e2-named-clip",
+                "model": {"name": "e2", "clip_model": CLIP_NAME},
+                "data": {
+                    "name": "image_text",
+                    "path": str(data),
+                    "image_size": 32,
+                    "max_text_length": 16,
+                    "val_fraction": 0.25,
+                    "test_fraction": 0.0,
+                    "batch_size": 4,
+                },
+                "trainer": {"max_epochs": 1, "accelerator": "cpu"},
+            }
+        )
+    )
+    assert cli.main(["fit", str(exp)]) == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["model.clip_model"] == CLIP_NAME
+    assert "val/r_mean" in run.data.metrics
