@@ -82,7 +82,12 @@ def build(cfg: ExperimentConfig) -> tuple[pl.LightningDataModule, pl.LightningMo
     missing = [k for k, p in accepted.items() if p.default is p.empty and k not in args]
     if missing:
         raise ConfigError(cfg.source, f"model.{missing[0]}", "required and not provided by the data module")
-    return dm, model_cls(**args)
+    try:
+        return dm, model_cls(**args)
+    except DataError as exc:  # a setting the model cannot use (pretrained weights by name...): name the file
+        if exc.source.startswith(("model.", "data.")):
+            raise ConfigError(cfg.source, exc.source, exc.problem) from None
+        raise
 
 
 def make_trainer(

@@ -245,7 +245,8 @@ def test_cli_offline_without_the_weights_is_one_line_exit_2(torch_home: Path, wo
     status = cli.main(["fit", str(exp)])
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1, lines
-    assert "model.esm_model" in lines[0] and f"{NAME}.pt" in lines[0] and str(torch_home) in lines[0]
+    assert lines[0].startswith(f"plexlab: error: {exp}: model.esm_model: {NAME} is not in the torch hub")
+    assert f"{NAME}.pt" in lines[0] and str(torch_home) in lines[0]
     if (workdir / "mlflow.db").exists():  # no run left RUNNING
         from mlflow.tracking import MlflowClient
 
