@@ -372,10 +372,12 @@ def test_clip_offline_and_absent_names_the_model_and_the_cache(hf_home: Path) ->
 
 
 def test_unreachable_hub_falls_back_to_the_cache(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
     from plexlab.modules.e2 import E2
     from transformers import CLIPModel
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # in case the shell had it set at import
     real = CLIPModel.from_pretrained.__func__
     asked: list[bool] = []
 
