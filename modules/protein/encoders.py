@@ -103,6 +103,38 @@ class SdpaAttention(EsmAttention):
 ESM2_650M_SHAPE = {"esm_layers": 33, "esm_dim": 1280, "esm_heads": 20}
 
 
+def build_esm2(esm_model: str | None, esm_path: str | None, shape: dict[str, int | None]):
+    """(ESM2, alphabet): pretrained by name or file (a shape given beside them must agree with theirs), or
+    random weights of `shape` (None entries: the 650M shape)."""
+    import esm
+
+    if esm_model and esm_path:
+        raise DataError("model.esm_model", "give the weights once: esm_model (a name) or esm_path")
+    if not (esm_model or esm_path):
+        full = {k: ESM2_650M_SHAPE[k] if v is None else v for k, v in shape.items()}
+        alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+        model = esm.model.esm2.ESM2(
+            num_layers=full["esm_layers"],
+            embed_dim=full["esm_dim"],
+            attention_heads=full["esm_heads"],
+            alphabet=alphabet,
+        )
+        return model, alphabet
+    if esm_model:
+        model, alphabet = esm_weights.load_by_name(esm_model)
+    else:
+        model, alphabet = esm_weights.load_local(esm_path)
+    found = {"esm_layers": model.num_layers, "esm_dim": model.embed_dim, "esm_heads": model.attention_heads}
+    for key, value in shape.items():
+        if value is not None and value != found[key]:
+            raise DataError(
+                f"model.{key}",
+                f"is {value} but the weights ({esm_model or esm_path}) have {found[key]}; "
+                "leave it null to take the checkpoint's",
+            )
+    return model, alphabet
+
+
 class SequenceEncoder(nn.Module):
     """ESM-2: per-residue representations and mean-pooled protein embeddings.
 
@@ -129,37 +161,8 @@ class SequenceEncoder(nn.Module):
         esm_model: str | None = None,
     ) -> None:
         super().__init__()
-        import esm
-
         shape = {"esm_layers": num_layers, "esm_dim": embed_dim, "esm_heads": attention_heads}
-        if esm_model and esm_path:
-            raise DataError("model.esm_model", "give the weights once: esm_model (a name) or esm_path")
-        if esm_model or esm_path:
-            if esm_model:
-                model, alphabet = esm_weights.load_by_name(esm_model)
-            else:
-                model, alphabet = esm_weights.load_local(esm_path)
-            found = {
-                "esm_layers": model.num_layers,
-                "esm_dim": model.embed_dim,
-                "esm_heads": model.attention_heads,
-            }
-            for key, value in shape.items():
-                if value is not None and value != found[key]:
-                    raise DataError(
-                        f"model.{key}",
-                        f"is {value} but the weights ({esm_model or esm_path}) have {found[key]}; "
-                        "leave it null to take the checkpoint's",
-                    )
-        else:
-            shape = {k: ESM2_650M_SHAPE[k] if v is None else v for k, v in shape.items()}
-            alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-            model = esm.model.esm2.ESM2(
-                num_layers=shape["esm_layers"],
-                embed_dim=shape["esm_dim"],
-                attention_heads=shape["esm_heads"],
-                alphabet=alphabet,
-            )
+        model, alphabet = build_esm2(esm_model, esm_path, shape)
         model.lm_head = None  # unused heads: no dead parameters in the optimizer or in DDP
         model.contact_head = None
         self.esm = model
