@@ -20,12 +20,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.image_text.datamodule import ImageTextBatch
+from plexlab.modules.clip_weights import clip_by_name, clip_from_folder
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +107,94 @@ class GumbelSelectFusion(nn.Module):
         return 0.5 * (tokens + picked), choice
 
 
+def random_clip(
+    *,
+    vocab_size: int,
+    pad_token_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    max_text_length: int,
+    image_size: int,
+    vision_width: int,
+    vision_layers: int,
+    vision_heads: int,
+    patch_size: int,
+    text_width: int,
+    text_layers: int,
+    text_heads: int,
+    projection_dim: int,
+) -> CLIPModel:
+    """A randomly initialised CLIP of the given sizes (MLP width 4x, as CLIP)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": text_width,
+            "intermediate_size": 4 * text_width,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": text_heads,
+            "max_position_embeddings": max_text_length,
+            "pad_token_id": pad_token_id,
+            "bos_token_id": bos_token_id,
+            "eos_token_id": eos_token_id,
+        },
+        vision_config={
+            "hidden_size": vision_width,
+            "intermediate_size": 4 * vision_width,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": vision_heads,
+            "image_size": image_size,
+            "patch_size": patch_size,
+        },
+        projection_dim=projection_dim,
+    )
+    return CLIPModel(config)
+
+
+def check_clip_fits(
+    clip: CLIPModel, image_size: int, vocab_size: int, max_text_length: int, source: str
+) -> None:
+    """A pretrained CLIP must take the data's images and tokens (sizes the data module decides)."""
+    vcfg, tcfg = clip.config.vision_config, clip.config.text_config
+    if vcfg.image_size != image_size:
+        raise DataError(
+            "data.image_size", f"is {image_size} but the CLIP model's is {vcfg.image_size} ({source})"
+        )
+    if vocab_size > tcfg.vocab_size or max_text_length > tcfg.max_position_embeddings:
+        raise DataError(
+            "data.tokenizer_path",
+            f"the tokenizer (vocab {vocab_size}, length {max_text_length}) does not fit the CLIP model "
+            f"(vocab {tcfg.vocab_size}, length {tcfg.max_position_embeddings}) of {source}",
+        )
+
+
+def fusion_blocks(fusion_layers: list[int] | None, n_layers: int) -> list[int]:
+    """The two 0-based vision blocks after which fusion runs; default [L-4, L-2], negatives from the end."""
+    fusion = list(fusion_layers) if fusion_layers is not None else [n_layers - 4, n_layers - 2]
+    fusion = [f + n_layers if f < 0 else f for f in fusion]
+    if len(fusion) != 2 or not 0 <= fusion[0] < fusion[1] < n_layers:
+        raise ValueError(
+            f"fusion_layers {fusion_layers} must name two increasing vision blocks of {n_layers} "
+            f"(0-based, negative counts from the end)"
+        )
+    return fusion
+
+
+def regional_heads(clip: CLIPModel, num_entities: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """A layer norm and a projection per entity, starting as copies of CLIP's post layer norm and visual
+    projection (regions begin in the global embedding space)."""
+    vcfg = clip.config.vision_config
+    width, proj_dim = vcfg.hidden_size, clip.config.projection_dim
+    norms = nn.ModuleList([nn.LayerNorm(width, eps=vcfg.layer_norm_eps) for _ in range(num_entities)])
+    projs = nn.ModuleList([nn.Linear(width, proj_dim, bias=False) for _ in range(num_entities)])
+    with torch.no_grad():
+        for norm, proj in zip(norms, projs, strict=True):
+            norm.load_state_dict(clip.vision_model.post_layernorm.state_dict())
+            proj.weight.copy_(clip.visual_projection.weight)
+    return norms, projs
+
+
 class E2(pl.LightningModule):
     """E2 regional contrastive CLIP (see the module docstring). Defaults: CLIP ViT-B/32 sizes, paper settings.
 
@@ -113,11 +207,41 @@ class E2(pl.LightningModule):
     100) for all losses; identical texts in a batch are not used as negatives of each other; entities with
     no text (missing tag, or fewer caption chunks) are left out of their entity's loss.
 
-    Real use: ``clip_path`` = a local directory with a pretrained ``CLIPModel`` (``save_pretrained``
-    format; nothing downloads) and the data module's ``tokenizer_path`` = the matching tokenizer. Without
-    ``clip_path`` a randomly initialised CLIP of the given sizes is built (tests use a tiny one).
+    Real use: ``clip_model`` = a Hugging Face name (``openai/clip-vit-base-patch32``, through transformers'
+    cache; see clip_weights.py) or ``clip_path`` = a local folder in ``save_pretrained`` format, and the
+    data module's ``tokenizer_path`` = the matching tokenizer. The size arguments (``vision_width`` ...
+    ``projection_dim``) shape a random CLIP only; a pretrained one keeps its own. Without either a randomly
+    initialised CLIP of the given sizes is built (tests use a tiny one).
     Primary metric ``val/r_mean``: mean of image-to-text and text-to-image recall@1/5/10 over all
     validation candidates.
+
+    Args:
+        vocab_size: tokenizer vocabulary (given by the data module).
+        pad_token_id: padding token (given by the data module).
+        bos_token_id: start token (given by the data module).
+        eos_token_id: end token, whose state CLIP pools (given by the data module).
+        max_text_length: tokens per text (given by the data module).
+        image_size: image side in pixels (given by the data module).
+        num_entities: tag entities, each with its own regional feature and loss.
+        clip_model: a pretrained CLIP by Hugging Face name, through transformers' cache.
+        clip_path: a pretrained CLIP in a local ``save_pretrained`` folder.
+        vision_width: ViT width (random CLIP only).
+        vision_layers: ViT blocks (random CLIP only).
+        vision_heads: ViT attention heads (random CLIP only).
+        patch_size: ViT patch side in pixels (random CLIP only).
+        text_width: text transformer width (random CLIP only).
+        text_layers: text transformer layers (random CLIP only).
+        text_heads: text attention heads (random CLIP only).
+        projection_dim: joint embedding width (random CLIP only).
+        tokens_per_entity: selection tokens per entity.
+        fusion_layers: the two vision blocks after which fusion runs (default the 4th and 2nd from last).
+        gumbel_tau: Gumbel-softmax temperature of the fusion blocks.
+        regional_weight: weight of the regional loss (the global loss gets 1 - it).
+        lr_stage1: learning rate of the new parameters in stage 1.
+        lr_stage2: learning rate of every parameter in stage 2.
+        stage1_epochs: epochs of stage 1 (CLIP frozen).
+        warmup_fraction: linear warm-up as a fraction of each stage's steps.
+        weight_decay: AdamW weight decay (not on norms, biases and the temperature).
     """
 
     primary_metric = "val/r_mean"
@@ -132,6 +256,7 @@ class E2(pl.LightningModule):
         max_text_length: int = 77,
         image_size: int = 224,
         num_entities: int = 5,
+        clip_model: str | None = None,
         clip_path: Path | str | None = None,
         vision_width: int = 768,
         vision_layers: int = 12,
@@ -153,75 +278,39 @@ class E2(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from transformers import CLIPConfig, CLIPModel
-
-        if clip_path:
-            if not Path(clip_path).exists():
-                raise FileNotFoundError(f"clip_path {clip_path}: no such local CLIP model directory")
-            self.clip = CLIPModel.from_pretrained(clip_path, local_files_only=True)
-            vcfg, tcfg = self.clip.config.vision_config, self.clip.config.text_config
-            if vcfg.image_size != image_size:
-                raise ValueError(
-                    f"image_size {image_size} != the CLIP model's {vcfg.image_size} ({clip_path})"
-                )
-            if vocab_size > tcfg.vocab_size or max_text_length > tcfg.max_position_embeddings:
-                raise ValueError(
-                    f"tokenizer (vocab {vocab_size}, length {max_text_length}) does not fit the CLIP model "
-                    f"(vocab {tcfg.vocab_size}, length {tcfg.max_position_embeddings}) in {clip_path}"
-                )
+        if clip_model and clip_path:
+            raise DataError("model.clip_model", "give the weights once: clip_model (a name) or clip_path")
+        if clip_model or clip_path:
+            self.clip = clip_by_name(clip_model) if clip_model else clip_from_folder(clip_path)
+            check_clip_fits(self.clip, image_size, vocab_size, max_text_length, clip_model or clip_path)
         else:
-            config = CLIPConfig(
-                text_config={
-                    "vocab_size": vocab_size,
-                    "hidden_size": text_width,
-                    "intermediate_size": 4 * text_width,
-                    "num_hidden_layers": text_layers,
-                    "num_attention_heads": text_heads,
-                    "max_position_embeddings": max_text_length,
-                    "pad_token_id": pad_token_id,
-                    "bos_token_id": bos_token_id,
-                    "eos_token_id": eos_token_id,
-                },
-                vision_config={
-                    "hidden_size": vision_width,
-                    "intermediate_size": 4 * vision_width,
-                    "num_hidden_layers": vision_layers,
-                    "num_attention_heads": vision_heads,
-                    "image_size": image_size,
-                    "patch_size": patch_size,
-                },
+            self.clip = random_clip(
+                vocab_size=vocab_size,
+                pad_token_id=pad_token_id,
+                bos_token_id=bos_token_id,
+                eos_token_id=eos_token_id,
+                max_text_length=max_text_length,
+                image_size=image_size,
+                vision_width=vision_width,
+                vision_layers=vision_layers,
+                vision_heads=vision_heads,
+                patch_size=patch_size,
+                text_width=text_width,
+                text_layers=text_layers,
+                text_heads=text_heads,
                 projection_dim=projection_dim,
             )
-            self.clip = CLIPModel(config)
         vcfg = self.clip.config.vision_config
-        width, n_layers = vcfg.hidden_size, vcfg.num_hidden_layers
-        proj_dim = self.clip.config.projection_dim
-
-        fusion = list(fusion_layers) if fusion_layers is not None else [n_layers - 4, n_layers - 2]
-        fusion = [f + n_layers if f < 0 else f for f in fusion]
-        if len(fusion) != 2 or not 0 <= fusion[0] < fusion[1] < n_layers:
-            raise ValueError(
-                f"fusion_layers {fusion_layers} must name two increasing vision blocks of {n_layers} "
-                f"(0-based, negative counts from the end)"
-            )
-        self.fusion_after = fusion
+        width = vcfg.hidden_size
+        self.fusion_after = fusion_blocks(fusion_layers, vcfg.num_hidden_layers)
         self.num_entities = num_entities
         self.tokens_per_entity = tokens_per_entity
         self.num_selection = num_entities * tokens_per_entity
 
-        # New parameters (stage 1 trains only these).
+        # New parameters (stage 1 trains only these), created in this order (the seeded initialisation).
         self.selection_tokens = nn.Parameter(torch.randn(self.num_selection, width) * width**-0.5)
         self.fusions = nn.ModuleList([GumbelSelectFusion(width, gumbel_tau) for _ in range(2)])
-        self.region_norms = nn.ModuleList(
-            [nn.LayerNorm(width, eps=vcfg.layer_norm_eps) for _ in range(num_entities)]
-        )
-        self.region_projs = nn.ModuleList(
-            [nn.Linear(width, proj_dim, bias=False) for _ in range(num_entities)]
-        )
-        with torch.no_grad():
-            for norm, proj in zip(self.region_norms, self.region_projs, strict=True):
-                norm.load_state_dict(self.clip.vision_model.post_layernorm.state_dict())
-                proj.weight.copy_(self.clip.visual_projection.weight)
+        self.region_norms, self.region_projs = regional_heads(self.clip, num_entities)
         self._val_store: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ encoders

@@ -84,7 +84,7 @@ def build(cfg: ExperimentConfig) -> tuple[pl.LightningDataModule, pl.LightningMo
     try:
         return dm, construct(cfg.source, "model", model_cls, args)
     except DataError as exc:
-        if exc.source.startswith("model."):
+        if exc.source.startswith(("model.", "data.")):  # a setting: name the file
             raise ConfigError(cfg.source, exc.source, exc.problem) from None
         raise
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import math
+import typing
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,7 +15,7 @@ import torch
 from _trainer import quiet_trainer
 from plexlab.datamodules.protein.datamodule import ProteinBatch, ProteinDataModule, esm_alphabet
 from plexlab.modules.contrastive import info_nce
-from plexlab.modules.protein.encoders import ProteinEncoder, RelationalConv, SequenceEncoder
+from plexlab.modules.protein.encoders import EncoderSettings, ProteinEncoder, RelationalConv, SequenceEncoder
 from plexlab.modules.protein.function import ProteinFunction, fmax, micro_aupr
 from plexlab.modules.protein.mmcl import ProteinMMCL
 
@@ -24,15 +26,29 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("model", [ProteinMMCL, ProteinFunction])
-def test_encoder_arguments_repeated_in_the_model_signature_agree(model):
-    """The signature is the config schema, so each model lists the encoder's arguments again; from_hparams
-    would silently fall back to the encoder's default for one a model lacked."""
-    enc = inspect.signature(ProteinEncoder.__init__).parameters
+def test_each_model_takes_every_encoder_setting_as_a_flat_argument(model):
+    """The signature is the config schema (flat `model.esm_layers` keys), so each model lists the settings'
+    fields; they agree with EncoderSettings in name, default and type, and from_hparams takes them all."""
     own = inspect.signature(model.__init__).parameters
-    for name, p in enc.items():
-        if name != "self":
-            assert name in own, name
-            assert (own[name].default, own[name].annotation) == (p.default, p.annotation), name
+    hints = typing.get_type_hints(model.__init__)
+    settings_hints = typing.get_type_hints(EncoderSettings)
+    for f in dataclasses.fields(EncoderSettings):
+        assert f.name in own, f.name
+        assert own[f.name].default == f.default, f.name
+        assert hints[f.name] == settings_hints[f.name], f.name
+    with pytest.raises(TypeError, match="esm_heads"):
+        EncoderSettings.from_hparams({"esm_layers": 2})
+
+
+def test_protein_function_does_not_import_the_mmcl_model():
+    """Sibling models share the encoder module, not each other (importing one never loads the other)."""
+    import plexlab.modules.protein.function as function
+
+    assert "plexlab.modules.protein.mmcl" not in {
+        getattr(v, "__module__", None) for v in vars(function).values() if callable(v)
+    }
+    source = Path(function.__file__).read_text()
+    assert "protein.mmcl" not in source
 
 
 def test_info_nce_hand_computed():
@@ -248,7 +264,8 @@ def test_series_fusion_and_sequence_only_embed(tmp_path):
             )
         )
     batch = ProteinBatch(["a", "b"], _tokens(seqs), Batch.from_data_list(graphs))
-    enc = ProteinEncoder(21, 7, None, 2, 16, 2, gnn_dims=[8, 8], fusion="series").eval()
+    settings = EncoderSettings(esm_layers=2, esm_dim=16, esm_heads=2, gnn_dims=[8, 8], fusion="series")
+    enc = ProteinEncoder(settings).eval()
     out = enc(batch)
     assert out["fused"].shape == (2, 16) and enc.gnn.layers[0].self_loop.in_features == 21 + 16
     model = ProteinMMCL(**TINY)

@@ -1,8 +1,11 @@
 """Protein encoders: ESM-2 (sequence), a GearNet-style relational GNN (structure), and their fusion.
 
+- `EncoderSettings`: the one home of the encoder's arguments. Models keep them as flat keyword arguments
+  (their signature is the experiment file's schema: `model.esm_layers`, ...) and build the settings once.
 - `SequenceEncoder`: ESM-2 from fair-esm, built from its constructor with random weights (tests, or training
-  from scratch) or loaded from a local file (`esm_path`, `esm.pretrained.load_model_and_alphabet_local`;
-  nothing is downloaded). Per-residue representations are the final layer (after the last layer norm); the
+  from scratch), or pretrained: by fair-esm model name (`esm_model`, through the torch hub cache) or from a
+  local file (`esm_path`), read with `weights_only=True` (see esm_weights.py); the architecture is then the
+  checkpoint's. Per-residue representations are the final layer (after the last layer norm); the
   protein embedding is their mean over residue tokens only (padding, BOS and EOS excluded). The language-model
   and contact heads are dropped (unused). `freeze`: "none", "all", or "partial" (only the last
   `trainable_layers` transformer layers and the final layer norm train). `use_sdpa` runs the attention through
@@ -17,14 +20,17 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from esm.multihead_attention import MultiheadAttention as EsmAttention
+from plexlab.datamodules.errors import DataError
+from plexlab.modules.protein import esm_weights
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -94,29 +100,70 @@ class SdpaAttention(EsmAttention):
     forward = _sdpa_attention
 
 
+# ESM-2 650M, the paper's sequence encoder: the shape of a randomly initialised ESM without weights.
+ESM2_650M_SHAPE = {"esm_layers": 33, "esm_dim": 1280, "esm_heads": 20}
+
+
+def build_esm2(esm_model: str | None, esm_path: str | None, shape: dict[str, int | None]):
+    """(ESM2, alphabet): pretrained by name or file (a shape given beside them must agree with theirs), or
+    random weights of `shape` (None entries: the 650M shape)."""
+    import esm
+
+    if esm_model and esm_path:
+        raise DataError("model.esm_model", "give the weights once: esm_model (a name) or esm_path")
+    if not (esm_model or esm_path):
+        full = {k: ESM2_650M_SHAPE[k] if v is None else v for k, v in shape.items()}
+        alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+        model = esm.model.esm2.ESM2(
+            num_layers=full["esm_layers"],
+            embed_dim=full["esm_dim"],
+            attention_heads=full["esm_heads"],
+            alphabet=alphabet,
+        )
+        return model, alphabet
+    if esm_model:
+        model, alphabet = esm_weights.load_by_name(esm_model)
+    else:
+        model, alphabet = esm_weights.load_local(esm_path)
+    found = {"esm_layers": model.num_layers, "esm_dim": model.embed_dim, "esm_heads": model.attention_heads}
+    for key, value in shape.items():
+        if value is not None and value != found[key]:
+            raise DataError(
+                f"model.{key}",
+                f"is {value} but the weights ({esm_model or esm_path}) have {found[key]}; "
+                "leave it null to take the checkpoint's",
+            )
+    return model, alphabet
+
+
 class SequenceEncoder(nn.Module):
-    """ESM-2: per-residue representations and mean-pooled protein embeddings."""
+    """ESM-2: per-residue representations and mean-pooled protein embeddings.
+
+    Args:
+        esm_path: a local fair-esm checkpoint (.pt); `<stem>-contact-regression.pt` beside it is optional.
+        num_layers: transformer layers; None: the checkpoint's, or 33 without one.
+        embed_dim: embedding width; None: the checkpoint's, or 1280 without one.
+        attention_heads: attention heads; None: the checkpoint's, or 20 without one.
+        freeze: "none", "all", or "partial" (the last `trainable_layers` layers and the final norm train).
+        trainable_layers: layers left trainable by `freeze="partial"`.
+        use_sdpa: attention through scaled_dot_product_attention (same outputs as ESM's own code).
+        esm_model: a fair-esm ESM-2 name (e.g. "esm2_t33_650M_UR50D"), from the torch hub cache.
+    """
 
     def __init__(
         self,
         esm_path: str | None = None,
-        num_layers: int = 33,
-        embed_dim: int = 1280,
-        attention_heads: int = 20,
+        num_layers: int | None = None,
+        embed_dim: int | None = None,
+        attention_heads: int | None = None,
         freeze: Literal["none", "all", "partial"] = "none",
         trainable_layers: int = 0,
         use_sdpa: bool = True,
+        esm_model: str | None = None,
     ) -> None:
         super().__init__()
-        import esm
-
-        if esm_path:
-            model, alphabet = esm.pretrained.load_model_and_alphabet_local(esm_path)
-        else:
-            alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-            model = esm.model.esm2.ESM2(
-                num_layers=num_layers, embed_dim=embed_dim, attention_heads=attention_heads, alphabet=alphabet
-            )
+        shape = {"esm_layers": num_layers, "esm_dim": embed_dim, "esm_heads": attention_heads}
+        model, alphabet = build_esm2(esm_model, esm_path, shape)
         model.lm_head = None  # unused heads: no dead parameters in the optimizer or in DDP
         model.contact_head = None
         self.esm = model
@@ -227,51 +274,92 @@ class RelationalGNN(nn.Module):
         return node, graph
 
 
-class ProteinEncoder(nn.Module):
-    """Sequence + structure encoders with parallel (concat) or series (ESM features into the GNN) fusion."""
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The protein encoder's arguments, in one place; models take them as flat keyword arguments (the
+    experiment file's `model.<name>` keys) and pass them here once (`from_hparams`).
+
+    Args:
+        num_residue_types: residue classes of the graph's node features (20 amino acids + unknown).
+        num_relations: edge relations of the residue graph (sequential offsets, radius, kNN).
+        esm_model: a fair-esm ESM-2 name, e.g. "esm2_t33_650M_UR50D", loaded through the torch hub cache.
+        esm_path: a local fair-esm ESM-2 checkpoint file; without either, ESM starts from random weights.
+        esm_layers: ESM layers; None: the weights' (33 for a random ESM); set, it must agree with them.
+        esm_dim: ESM embedding width; None: the weights' (1280 for a random ESM).
+        esm_heads: ESM attention heads; None: the weights' (20 for a random ESM).
+        esm_freeze: "none", "all", or "partial" (only the last `esm_trainable_layers` layers train).
+        esm_trainable_layers: layers left trainable by esm_freeze "partial".
+        use_sdpa: ESM attention through scaled_dot_product_attention (fused kernels on GPU).
+        gnn_dims: hidden width of each GNN layer; None: GearNet's 6 x 512.
+        gnn_batch_norm: batch norm in each GNN layer.
+        gnn_short_cut: residual connection where a layer keeps its width.
+        gnn_concat_hidden: the node feature is every layer's output concatenated (GearNet), else the last.
+        readout: "sum" or "mean" over a protein's residues.
+        fusion: "parallel" (concatenate ESM and GNN embeddings) or "series" (ESM features into the GNN).
+    """
+
+    num_residue_types: int = 21
+    num_relations: int = 7
+    esm_model: str | None = None
+    esm_path: Path | str | None = None
+    esm_layers: int | None = None
+    esm_dim: int | None = None
+    esm_heads: int | None = None
+    esm_freeze: Literal["none", "all", "partial"] = "none"
+    esm_trainable_layers: int = 0
+    use_sdpa: bool = True
+    gnn_dims: list[int] | None = field(default=None, hash=False)
+    gnn_batch_norm: bool = True
+    gnn_short_cut: bool = True
+    gnn_concat_hidden: bool = True
+    readout: Literal["sum", "mean"] = "sum"
+    fusion: Literal["parallel", "series"] = "parallel"
 
     @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> ProteinEncoder:
-        """Build from a LightningModule's hyperparameters, taking the encoder's own arguments by name."""
-        names = inspect.signature(cls.__init__).parameters.keys() - {"self"}
-        return cls(**{name: hparams[name] for name in names if name in hparams})
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> EncoderSettings:
+        """The settings among a model's hyperparameters; every field must be there (no silent default)."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in hparams]
+        if missing:
+            raise TypeError(f"the model's arguments lack the encoder's {', '.join(missing)}")
+        return cls(**{n: hparams[n] for n in names})
 
-    def __init__(
-        self,
-        num_residue_types: int = 21,
-        num_relations: int = 7,
-        esm_path: str | None = None,
-        esm_layers: int = 33,
-        esm_dim: int = 1280,
-        esm_heads: int = 20,
-        esm_freeze: Literal["none", "all", "partial"] = "none",
-        esm_trainable_layers: int = 0,
-        use_sdpa: bool = True,
-        gnn_dims: list[int] | None = None,
-        gnn_batch_norm: bool = True,
-        gnn_short_cut: bool = True,
-        gnn_concat_hidden: bool = True,
-        readout: Literal["sum", "mean"] = "sum",
-        fusion: Literal["parallel", "series"] = "parallel",
-    ) -> None:
+
+class ProteinEncoder(nn.Module):
+    """Sequence + structure encoders with parallel (concat) or series (ESM features into the GNN) fusion.
+
+    Args:
+        settings: the encoder's arguments (see EncoderSettings).
+    """
+
+    def __init__(self, settings: EncoderSettings | None = None) -> None:
         super().__init__()
+        s = settings or EncoderSettings()
+        self.settings = s
         self.seq = SequenceEncoder(
-            esm_path, esm_layers, esm_dim, esm_heads, esm_freeze, esm_trainable_layers, use_sdpa
+            s.esm_path,
+            s.esm_layers,
+            s.esm_dim,
+            s.esm_heads,
+            s.esm_freeze,
+            s.esm_trainable_layers,
+            s.use_sdpa,
+            esm_model=s.esm_model,
         )
-        self.num_residue_types = num_residue_types
-        self.fusion = fusion
-        in_dim = num_residue_types + (self.seq.dim if fusion == "series" else 0)
+        self.num_residue_types = s.num_residue_types
+        self.fusion = s.fusion
+        in_dim = s.num_residue_types + (self.seq.dim if s.fusion == "series" else 0)
         self.gnn = RelationalGNN(
             in_dim,
-            list(gnn_dims or [512] * 6),
-            num_relations,
-            gnn_batch_norm,
-            gnn_short_cut,
-            gnn_concat_hidden,
-            readout,
+            list(s.gnn_dims or [512] * 6),
+            s.num_relations,
+            s.gnn_batch_norm,
+            s.gnn_short_cut,
+            s.gnn_concat_hidden,
+            s.readout,
         )
         self.seq_dim, self.struct_dim = self.seq.dim, self.gnn.dim
-        self.fused_dim = self.gnn.dim if fusion == "series" else self.seq.dim + self.gnn.dim
+        self.fused_dim = self.gnn.dim if s.fusion == "series" else self.seq.dim + self.gnn.dim
 
     def forward(self, batch) -> dict[str, torch.Tensor | None]:
         """`batch`: a ProteinBatch. Returns protein embeddings `seq` [B, Ds], `struct` [B, Dg] (None without
@@ -288,3 +376,16 @@ class ProteinEncoder(nn.Module):
         out["struct"] = struct
         out["fused"] = struct if self.fusion == "series" else torch.cat([seq, struct], -1)
         return out
+
+
+def encoder_param_groups(
+    model: nn.Module, encoder: ProteinEncoder, lr: float, esm_lr_ratio: float
+) -> list[dict]:
+    """Optimizer groups: ESM at lr * esm_lr_ratio, everything else at lr; frozen parameters left out."""
+    esm_ids = {id(p) for p in encoder.seq.parameters()}
+    esm = [p for p in encoder.seq.parameters() if p.requires_grad]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in esm_ids]
+    groups = [{"params": rest, "lr": lr}]
+    if esm:
+        groups.append({"params": esm, "lr": lr * esm_lr_ratio})
+    return groups

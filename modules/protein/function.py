@@ -1,10 +1,11 @@
 """ProteinFunction: EC / GO multi-label fine-tuning on the fused ESM-2 + GNN embedding.
 
-Encoder as in ProteinMMCL (same arguments), optionally initialised from a ProteinMMCL checkpoint
-(`pretrained_ckpt`: a Lightning .ckpt or a bare state dict, loaded with `torch.load(weights_only=True)`; the
-`encoder.*` weights must match this configuration). Head: an MLP with `head_layers` linear layers (hidden
-width `head_hidden`, ReLU, dropout) on the fused embedding, one logit per label, trained with BCE (torchdrug's
-ESM-GearNet setup uses a 3-layer MLP). Metrics (on the whole validation/test set, per epoch):
+Encoder as in ProteinMMCL (same arguments, EncoderSettings), optionally initialised from a ProteinMMCL
+checkpoint (`pretrained_ckpt`: a Lightning .ckpt or a bare state dict, loaded with
+`torch.load(weights_only=True)`; the `encoder.*` weights must match this configuration). Head: an MLP with
+`head_layers` linear layers (hidden width `head_hidden`, ReLU, dropout) on the fused embedding, one logit per
+label, trained with BCE (torchdrug's ESM-GearNet setup uses a 3-layer MLP).
+Metrics (on the whole validation/test set, per epoch):
 - protein-centric Fmax (CAFA): for each threshold t in 0.00, 0.01, ..., 1.00, precision is averaged over the
   proteins with at least one score >= t, recall over all proteins that have a label; Fmax = max_t 2PR/(P+R);
 - micro AUPR: average precision over all (protein, label) pairs pooled, with tied scores taken together.
@@ -23,8 +24,7 @@ import torch.nn.functional as F
 from plexlab.datamodules.errors import DataError, first_line
 from plexlab.datamodules.protein.datamodule import ProteinBatch
 from plexlab.modules.layers import mlp
-from plexlab.modules.protein.encoders import ProteinEncoder
-from plexlab.modules.protein.mmcl import encoder_param_groups
+from plexlab.modules.protein.encoders import EncoderSettings, ProteinEncoder, encoder_param_groups
 from torch import nn
 
 
@@ -92,7 +92,19 @@ def load_encoder_state(encoder: nn.Module, path: str | Path) -> None:
 
 
 class ProteinFunction(pl.LightningModule):
-    """EC/GO multi-label prediction: BCE + MLP head on the fused ESM + GNN embedding; Fmax and micro AUPR."""
+    """EC/GO multi-label prediction: BCE + MLP head on the fused ESM + GNN embedding; Fmax and micro AUPR.
+
+    Args:
+        num_labels: labels (EC numbers or GO terms); given by the data module.
+        pretrained_ckpt: a ProteinMMCL checkpoint whose `encoder.*` weights start the encoder.
+        num_residue_types ... fusion: the encoder's arguments, one line each in EncoderSettings.
+        head_hidden: hidden width of the MLP head.
+        head_layers: linear layers of the MLP head.
+        dropout: dropout in the MLP head.
+        lr: learning rate of the GNN and the head.
+        esm_lr_ratio: ESM's learning rate as a fraction of `lr`.
+        weight_decay: AdamW weight decay.
+    """
 
     primary_metric = "val/fmax"
     primary_mode = "max"
@@ -103,10 +115,11 @@ class ProteinFunction(pl.LightningModule):
         num_residue_types: int = 21,
         num_relations: int = 7,
         pretrained_ckpt: Path | str | None = None,
+        esm_model: str | None = None,
         esm_path: Path | str | None = None,
-        esm_layers: int = 33,
-        esm_dim: int = 1280,
-        esm_heads: int = 20,
+        esm_layers: int | None = None,
+        esm_dim: int | None = None,
+        esm_heads: int | None = None,
         esm_freeze: Literal["none", "all", "partial"] = "none",
         esm_trainable_layers: int = 0,
         use_sdpa: bool = True,
@@ -125,7 +138,7 @@ class ProteinFunction(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = ProteinEncoder.from_hparams(self.hparams)
+        self.encoder = ProteinEncoder(EncoderSettings.from_hparams(self.hparams))
         if pretrained_ckpt:
             load_encoder_state(self.encoder, pretrained_ckpt)
         self.head = mlp([self.encoder.fused_dim] + [head_hidden] * (head_layers - 1) + [num_labels], dropout)

@@ -13,8 +13,9 @@ across views: the paper says "inter-modality pairs" without fixing which; we tak
 protein in a batch (equal `groups`) are removed from each other's negatives. The ESM learning rate is
 `esm_lr_ratio` (0.1) times the GNN's; ESM can be frozen (all or all but the last layers).
 
-Defaults follow the paper: ESM-2 650M shape (33 x 1280, 20 heads; give `esm_path` to load its weights; without
-it the model starts from random weights), GearNet 6 x 512 with concatenated hidden layers and sum readout.
+Defaults follow the paper: ESM-2 650M (`esm_model: esm2_t33_650M_UR50D` loads its weights through fair-esm's
+torch hub cache, `esm_path` from a local file; without either ESM starts from random weights of the 650M
+shape, 33 x 1280, 20 heads), GearNet 6 x 512 with concatenated hidden layers and sum readout.
 Primary metric: val/loss (min). `embed()` returns the fused embedding (not the projection).
 """
 
@@ -27,7 +28,7 @@ import lightning.pytorch as pl
 import torch
 from plexlab.datamodules.protein.datamodule import ProteinBatch, ProteinPairBatch
 from plexlab.modules.contrastive import info_nce, retrieval_accuracy
-from plexlab.modules.protein.encoders import ProteinEncoder
+from plexlab.modules.protein.encoders import EncoderSettings, ProteinEncoder, encoder_param_groups
 from torch import nn
 
 
@@ -36,21 +37,20 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
 
 
-def encoder_param_groups(
-    model: nn.Module, encoder: ProteinEncoder, lr: float, esm_lr_ratio: float
-) -> list[dict]:
-    """Optimizer groups: ESM at lr * esm_lr_ratio, everything else at lr; frozen parameters left out."""
-    esm_ids = {id(p) for p in encoder.seq.parameters()}
-    esm = [p for p in encoder.seq.parameters() if p.requires_grad]
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in esm_ids]
-    groups = [{"params": rest, "lr": lr}]
-    if esm:
-        groups.append({"params": esm, "lr": lr * esm_lr_ratio})
-    return groups
-
-
 class ProteinMMCL(pl.LightningModule):
-    """Contrastive pretraining (intra seq-seq, struct-struct, inter seq-struct InfoNCE) of ESM-2 + GearNet."""
+    """Contrastive pretraining (intra seq-seq, struct-struct, inter seq-struct InfoNCE) of ESM-2 + GearNet.
+
+    Args:
+        num_residue_types ... fusion: the encoder's arguments, one line each in EncoderSettings.
+        proj_dim: width of the contrastive space (both projection heads).
+        temperature: InfoNCE temperature.
+        w_seq_seq: weight of the sequence-sequence term.
+        w_struct_struct: weight of the structure-structure term.
+        w_seq_struct: weight of the sequence-structure term.
+        lr: learning rate of the GNN and the heads.
+        esm_lr_ratio: ESM's learning rate as a fraction of `lr`.
+        weight_decay: AdamW weight decay.
+    """
 
     primary_metric = "val/loss"
     primary_mode = "min"
@@ -59,10 +59,11 @@ class ProteinMMCL(pl.LightningModule):
         self,
         num_residue_types: int = 21,
         num_relations: int = 7,
+        esm_model: str | None = None,
         esm_path: Path | str | None = None,
-        esm_layers: int = 33,
-        esm_dim: int = 1280,
-        esm_heads: int = 20,
+        esm_layers: int | None = None,
+        esm_dim: int | None = None,
+        esm_heads: int | None = None,
         esm_freeze: Literal["none", "all", "partial"] = "none",
         esm_trainable_layers: int = 0,
         use_sdpa: bool = True,
@@ -83,7 +84,7 @@ class ProteinMMCL(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = ProteinEncoder.from_hparams(self.hparams)
+        self.encoder = ProteinEncoder(EncoderSettings.from_hparams(self.hparams))
         self.seq_proj = projection_head(self.encoder.seq_dim, proj_dim)
         self.struct_proj = projection_head(self.encoder.struct_dim, proj_dim)
 
