@@ -10,15 +10,10 @@ import torch
 from _image_text_files import make_dataset
 from PIL import Image
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.image_text.datamodule import (
-    CLIP_MEAN,
-    CLIP_STD,
-    ImageTextDataModule,
-    WordTokenizer,
-    caption_chunks,
-    load_image,
-    normalize_images,
-)
+from plexlab.datamodules.image_text.datamodule import ImageTextDataModule
+from plexlab.datamodules.image_text.entities import caption_chunks
+from plexlab.datamodules.image_text.images import CLIP_MEAN, CLIP_STD, load_image, normalize_images
+from plexlab.datamodules.image_text.tokenizers import WordTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
