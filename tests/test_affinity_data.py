@@ -10,13 +10,10 @@ import pytest
 import torch
 from _affinity_files import SEQS, pairs, write_tsv
 from _affinity_files import write_ca_pdb as _write_pdb
-from plexlab.datamodules.affinity.datamodule import (
-    AffinityDataModule,
-    BucketBatchSampler,
-    band_edges,
-    ca_contact_map,
-)
+from plexlab.datamodules.affinity.contacts import band_edges, ca_contact_map
+from plexlab.datamodules.affinity.datamodule import AffinityDataModule
 from plexlab.datamodules.affinity.molecule import ATOM_DIM, featurize_smiles, protein_composition
+from plexlab.datamodules.affinity.sampler import BucketBatchSampler
 from plexlab.datamodules.errors import DataError
 
 
