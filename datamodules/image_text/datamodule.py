@@ -126,15 +126,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.captions = table.captions
         self.resolved_entity_source = resolve_source(self.entity_source, table)
         self.entity_texts = entity_texts(table, self.resolved_entity_source)
-        split_column = table.split_of_image if table.has_split else None
-        self.splits = split_images(
-            split_column,
-            len(table.names),
-            self.val_fraction,
-            self.test_fraction,
-            self.seed,
-            self.captions_file,
-        )
+        self.splits = self._split(table)
         # Decode every image now: bad files fail before training, and epochs do not re-decode JPEGs.
         self._pixels = load_images(self.image_dir, table.names, self.image_size)
         self.tokenizer = self._tokenizer()
@@ -148,6 +140,12 @@ class ImageTextDataModule(pl.LightningDataModule):
         if self.max_images is not None and self.max_images < len(table.names):
             table = table.subset(self.max_images, self.seed + 1)  # for quick experiments and tests
         return table
+
+    def _split(self, table: CaptionTable) -> dict[str, list[int]]:
+        """Image indices per split: the CSV's split column, else seeded random fractions."""
+        column = table.split_of_image if table.has_split else None
+        n = len(table.names)
+        return split_images(column, n, self.val_fraction, self.test_fraction, self.seed, self.captions_file)
 
     def _tokenizer(self) -> Tokenizer:
         """The tokenizer at `tokenizer_path`, else a word vocabulary of the training captions and entities."""
