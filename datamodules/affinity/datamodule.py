@@ -113,14 +113,7 @@ class AffinityDataModule(pl.LightningDataModule):
         """Read the train, test and extra test files, split, and index the training proteins. Runs once."""
         if self._ready:
             return
-        reader = PairReader(
-            self.target_column,
-            self.skip_invalid,
-            self.lenient_sanitize,
-            self.contact_cutoff,
-            self.fingerprint_bits,
-            self.fingerprint_radius,
-        )
+        reader = self._reader()
         train_file, test_file = self._files()
         pool = reader.read(train_file)
         if not pool:
@@ -135,17 +128,28 @@ class AffinityDataModule(pl.LightningDataModule):
                 raise DataError(self.path, f"the {name} split is empty")
         self.sets = sets | extra
         self._proteins, self._compounds, self.skipped = reader.proteins, reader.compounds, reader.skipped
-        self._collate = Collator(
-            self._proteins,
-            self._compounds,
-            self.band_width,
-            {r.protein for r in self.sets["train"]},
-            {r.compound for r in self.sets["train"]},
-        )
+        self._collate = self._collator()
         for src, n in self.skipped.items():
             log.warning("%s: skipped %d records with invalid SMILES or sequence", src, n)
         log.info("affinity data: %s", {k: len(v) for k, v in self.sets.items()})
         self._ready = True
+
+    def _reader(self) -> PairReader:
+        """A reader with this data module's parsing and featurization options, its tables empty."""
+        return PairReader(
+            self.target_column,
+            self.skip_invalid,
+            self.lenient_sanitize,
+            self.contact_cutoff,
+            self.fingerprint_bits,
+            self.fingerprint_radius,
+        )
+
+    def _collator(self) -> Collator:
+        """Pads records from the tables read; "unseen" means absent from the training split."""
+        train = self.sets["train"]
+        proteins, compounds = {r.protein for r in train}, {r.compound for r in train}
+        return Collator(self._proteins, self._compounds, self.band_width, proteins, compounds)
 
     def _files(self) -> tuple[Path, Path | None]:
         """The train file and the test file (None when `path` is a single file or there is no test_name)."""
