@@ -8,32 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from plexlab.datamodules.affinity.datamodule import (
-    AffinityDataModule,
-    BucketBatchSampler,
-    band_edges,
-    ca_contact_map,
-)
+from _affinity_files import SEQS, pairs, write_tsv
+from _affinity_files import write_ca_pdb as _write_pdb
+from plexlab.datamodules.affinity.contacts import band_edges, ca_contact_map
+from plexlab.datamodules.affinity.datamodule import AffinityDataModule
 from plexlab.datamodules.affinity.molecule import ATOM_DIM, featurize_smiles, protein_composition
+from plexlab.datamodules.affinity.sampler import BucketBatchSampler
 from plexlab.datamodules.errors import DataError
-
-SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "OC(=O)c1ccccc1"]
-SEQS = ["MKTAYIAKQR", "GSHMLEDPVW", "ACDEFGHIKLMNPQ"]
-
-
-def write_tsv(path: Path, rows: list[tuple], extra_cols: tuple[str, ...] = ()) -> Path:
-    cols = ("smiles", "protein_sequence", "pKd", *extra_cols)
-    lines = ["\t".join(cols)] + ["\t".join(str(v) for v in r) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def pairs(n: int, seed: int = 0) -> list[tuple]:
-    rng = np.random.default_rng(seed)
-    return [
-        (SMILES[i % len(SMILES)], SEQS[(i // 2) % len(SEQS)], round(float(rng.normal(6, 1)), 3))
-        for i in range(n)
-    ]
 
 
 def make_dir(tmp_path: Path, n_train: int = 20, n_test: int = 6) -> Path:
@@ -173,13 +154,6 @@ def test_contact_maps_shape_and_hydrogens(tmp_path: Path) -> None:
         AffinityDataModule(str(tmp_path / "bad.tsv"), split="all").setup("fit")
     msg = one_line(exc)
     assert "bad.npy" in msg and "line 4" in msg and "(5, 4)" in msg
-
-
-def _write_pdb(path: Path, xs: list[float]) -> None:
-    lines = []
-    for i, x in enumerate(xs, start=1):
-        lines.append(f"ATOM  {i:5d}  CA  ALA A{i:4d}    {x:8.3f}{0.0:8.3f}{0.0:8.3f}  1.00  0.00           C")
-    path.write_text("\n".join([*lines, "END"]) + "\n")
 
 
 def test_protein_contacts_from_structure(tmp_path: Path) -> None:

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import yaml
+from _affinity_files import pairs, write_ca_pdb, write_tsv
+from _hypergraph_files import write_graph
+from _image_text_files import make_dataset
+from _perturbation_files import write_perturbation
+from _protein_files import atom, helix, plain, write_pdb
+from _single_cell_data import make_adata, write_h5ad
+from _single_cell_data import write_mudata as _mudata
 from plexlab import cli, schema
-from test_affinity_data import _write_pdb as write_ca_pdb
-from test_affinity_data import pairs, write_tsv
-from test_hypergcl import write_graph
-from test_image_text_data import make_dataset
-from test_perturbation_datamodule import _write as write_perturbation
-from test_protein_data import atom, helix, plain, write_pdb
-from test_single_cell_data import _mudata, make_adata, write_h5ad
 
 # ---- tiny models: the data fails before a model is built, but if it ever did not, training stays cheap ----
 

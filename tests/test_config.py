@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import yaml
+from _hypergraph_files import write_graph
 from plexlab import config, registry
 from plexlab.errors import ConfigError, RegistryError
-from test_hypergcl import write_graph
 
 
 @pytest.fixture

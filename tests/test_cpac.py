@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from _affinity_files import write_tsv
 from _trainer import quiet_trainer
 from plexlab.datamodules.affinity.datamodule import AffinityDataModule
 from plexlab.modules.affinity.cpac import CPAC
@@ -22,13 +23,6 @@ SMILES = [
     "Cc1ccccc1", "CCc1ccccc1", "CC(=O)O", "CCC(=O)O", "CCN", "CCCN", "NCCN", "OCCO", "c1ccncc1",
 ]  # fmt: skip
 SEQS = ["MKTAYIAKQRQISFVK", "GSHMLEDPVWACDEFGHIKLMNPQ", "WWWWYYYFFF", "ACDEFGHIKL"]
-
-
-def write_tsv(path: Path, rows: list[tuple], extra: tuple[str, ...] = ()) -> Path:
-    lines = ["\t".join(("smiles", "protein_sequence", "pKd", *extra))]
-    lines += ["\t".join(str(v) for v in r) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def tiny_cpac(**kw) -> CPAC:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hypergraph_files import write_graph
 from mlflow.tracking import MlflowClient
 from plexlab import api
-from test_hypergcl import write_graph
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

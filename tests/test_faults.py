@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from _hypergraph_files import write_graph
 from _processes import free_port, start_mlflow_server, stop, wait_for
+from _protein_files import plain, write_pdb
 from plexlab import schema
 from plexlab.datamodules.protein.datamodule import ProteinDataModule
-from test_hypergcl import write_graph
-from test_protein_data import plain, write_pdb
 
 # ---- (a) the protein residue-graph cache -------------------------------------------------------------
 

@@ -1,13 +1,12 @@
 """HyperGCL: the hypergraph reader, the fabricated views, the contrastive loss, learning on a tiny graph."""
 
-import json
 import math
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
+from _hypergraph_files import write_graph
+from _hypergraph_fit import fit_test_accuracy as _test_accuracy
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.hypergraph import Hypergraph, HypergraphDataModule
 from plexlab.modules.hypergraph.hypergcl import HyperGCL, node_infonce
@@ -15,23 +14,6 @@ from plexlab.modules.hypergraph.node_mlp import NodeMLP
 from plexlab.modules.hypergraph.views import fabricate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def write_graph(folder, n=60, classes=3, edges=None, labels=None, splits=None):
-    rng = np.random.default_rng(0)
-    y = np.arange(n) % classes if labels is None else labels
-    x = np.eye(classes)[y] + rng.normal(0, 1.0, (n, classes))
-    edges = edges or [
-        [int(i) for i in np.flatnonzero(y == c)[k::4]] for c in range(classes) for k in range(4)
-    ]
-    folder.mkdir(exist_ok=True)
-    sp.save_npz(folder / "features.npz", sp.csr_matrix(x.astype(np.float32)))
-    np.save(folder / "labels.npy", np.asarray(y, dtype=np.int64))
-    (folder / "hyperedges.json").write_text(json.dumps({"hyperedges": edges}))
-    train = [i for i in range(n) if i % 5 == 0]
-    splits = splits or [{"train": train, "test": [i for i in range(n) if i % 5]}]
-    (folder / "splits.json").write_text(json.dumps(splits))
-    return folder
 
 
 def graph():
@@ -100,24 +82,6 @@ def test_bad_hypergraph_files_name_file_and_record(tmp_path, mutate, message):
     with pytest.raises(DataError, match=message) as exc:
         HypergraphDataModule(str(folder)).setup("fit")
     assert "\n" not in str(exc.value) and str(folder) in str(exc.value)
-
-
-def _test_accuracy(cls, folder, epochs=200, **kwargs):
-    """Test accuracy after `epochs` full-batch epochs (no validation loop: nothing here selects on it)."""
-    pl.seed_everything(0, verbose=False)
-    dm = HypergraphDataModule(str(folder), val_fraction=0.2)
-    dm.setup("fit")
-    model = cls(**dm.model_kwargs(), hidden=16, lr=1e-2, dropout=0.0, **kwargs)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=dm)
-    return trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"]
 
 
 def test_hypergcl_beats_feature_mlp_on_tiny_hypergraph(tmp_path):

@@ -7,11 +7,12 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from _hypergraph_files import write_graph
+from _hypergraph_fit import fit_test_accuracy as _test_accuracy
 from plexlab.datamodules.hypergraph import Hypergraph, HypergraphDataModule
 from plexlab.modules.hypergraph.hypergcl import AllDeepSets, HyperGCL
 from plexlab.modules.hypergraph.node_mlp import NodeMLP
 from plexlab.modules.hypergraph.vhgae import VHGAE, hard_keep, negative_incidences, vhgae_loss
-from test_hypergcl import _test_accuracy, write_graph
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

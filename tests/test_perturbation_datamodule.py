@@ -1,10 +1,9 @@
 """PerturbationDataModule: validation (one-line DataError), splits, held-out perturbations, ground truth."""
 
-import anndata
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
+from _perturbation_files import write_perturbation as _write
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.single_cell.perturbation import PerturbationDataModule
 from plexlab.datamodules.single_cell.perturbation_sim import write_sparse_shift
@@ -12,18 +11,6 @@ from plexlab.datamodules.single_cell.perturbation_sim import write_sparse_shift
 SIM = dict(
     n_perturbations=8, n_cells_per_perturbation=20, n_control_cells=20, n_latents=4, n_genes=12, n_hidden=8
 )
-
-
-def _write(tmp_path, x, labels=None, layers=None, name="d.h5ad", key="guide"):
-    n = x.shape[0]
-    labels = labels if labels is not None else ["NT", "A", "B", "C"] * (n // 4)
-    ad = anndata.AnnData(X=x, obs=pd.DataFrame({key: labels}, index=[f"c{i}" for i in range(n)]))
-    ad.var_names = [f"g{j}" for j in range(x.shape[1])]
-    for k, v in (layers or {}).items():
-        ad.layers[k] = v
-    path = tmp_path / name
-    ad.write_h5ad(path)
-    return path
 
 
 def _error(path, **kw):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _protein_files import atom, helix, plain, write_pdb
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.protein.datamodule import ProteinDataModule
 from plexlab.datamodules.protein.graph import RESIDUE_TYPES, GraphCache, GraphSettings, build_edges
@@ -17,45 +18,6 @@ from plexlab.datamodules.protein.reader import Scop2Index, read_fasta, read_labe
 from plexlab.datamodules.protein.views import ProteinView, ViewSampler, crop_view
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def atom(serial, name, resn, chain, resi, xyz, altloc=" ", icode=" ", het=False, elem="C"):
-    rec = "HETATM" if het else "ATOM  "
-    x, y, z = xyz
-    return (
-        f"{rec}{serial:5d} {name:<4s}{altloc}{resn:>3s} {chain}{resi:4d}{icode}   "
-        f"{x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{0.0:6.2f}          {elem:>2s}"
-    )
-
-
-def helix(i):
-    import math
-
-    return (2.3 * math.cos(i * 1.745), 2.3 * math.sin(i * 1.745), 1.5 * i)
-
-
-def write_pdb(path: Path, residues, seqres=None, chain="A", extra=()):
-    """residues: list of (resn, resi, icode, het, altlocs) -> one CA (per altloc) each."""
-    lines = []
-    if seqres:
-        for k in range(0, len(seqres), 13):
-            names = " ".join(f"{n:>3s}" for n in seqres[k : k + 13])
-            lines.append(f"SEQRES {k // 13 + 1:3d} {chain} {len(seqres):4d}  {names}")
-    serial = 1
-    for i, (resn, resi, icode, het, altlocs) in enumerate(residues):
-        for j, alt in enumerate(altlocs):
-            x, y, z = helix(i)
-            lines.append(atom(serial, " N", resn, chain, resi, (x + 1, y, z), alt, icode, het, "N"))
-            lines.append(atom(serial + 1, " CA", resn, chain, resi, (x + 3 * j, y, z), alt, icode, het))
-            serial += 2
-    lines += list(extra)
-    lines.append("END")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def plain(n, start=1, name="ALA"):
-    return [(name, start + i, " ", False, " ") for i in range(n)]
 
 
 # ------------------------------------------------------------------ reader

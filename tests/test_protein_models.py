@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from _protein_files import SMALL
 from _trainer import quiet_trainer
 from plexlab.datamodules.protein.datamodule import ProteinBatch, ProteinDataModule, esm_alphabet
 from plexlab.modules.contrastive import info_nce
@@ -134,21 +135,6 @@ def test_relational_conv_one_weight_per_relation():
 
 
 # ------------------------------------------------------------------ tiny training on real structures
-
-SMALL = [
-    "1l2y.pdb.gz",
-    "pdb1ubi.pdb.gz",
-    "1aki.pdb.gz",
-    "3o5r.pdb.gz",
-    "1k6p.pdb.gz",
-    "5eil.pdb.gz",
-    "2J9H-A.pdb.gz",
-    "1gya.pdb.gz",
-    "2axd.pdb.gz",
-    "pdb1ejg.pdb.gz",
-    "1dix.pdb.gz",
-    "5zng.pdb.gz",
-]
 
 LABELLED = ["4akeA_alg_fixed.pdb.gz", "1dix.pdb.gz", "1dix.cif.gz", "1o1z.pdb.gz", "1o1z.cif.gz"]
 

@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from _protein_files import SMALL
 from mlflow.tracking import MlflowClient
 from plexlab import api
-from test_protein_models import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model.esm_layers": 2, "model.esm_dim": 32, "model.esm_heads": 4, "model.gnn_dims": [32, 32]}

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import yaml
+from _hypergraph_files import write_graph
 from mlflow.tracking import MlflowClient
 from plexlab import api, cli, schema, tracking
 from plexlab.datamodules.errors import DataError
 from plexlab.errors import ConfigError, TrackingError
-from test_hypergcl import write_graph
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

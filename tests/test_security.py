@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from _hypergraph_files import write_graph
+from _protein_files import plain, write_pdb
 from plexlab import cli, local_ray, train
 from plexlab.datamodules.errors import DataError
-from test_hypergcl import write_graph
-from test_protein_data import plain, write_pdb
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("platform", "modules", "datamodules")

@@ -8,36 +8,13 @@ import anndata as ad
 import h5py
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from _single_cell_data import make_adata, write_h5ad
+from _single_cell_data import write_mudata as _mudata
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
-
-
-def make_adata(n: int = 60, g: int = 30, seed: int = 0) -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    counts = rng.poisson(rng.gamma(1.0, 2.0, size=(n, g))).astype(np.float32)
-    counts[:, 0] += 1  # no empty cells
-    obs = pd.DataFrame(
-        {
-            "cell_type": rng.choice(["T", "B", "NK"], n),
-            "batch": rng.choice(["b0", "b1"], n),
-            "donor": np.array(["d0", "d1", "d2", "d3"])[np.arange(n) % 4],
-        },
-        index=[f"cell{i}" for i in range(n)],
-    )
-    var = pd.DataFrame({"chrom": rng.choice(["chr1", "chr2"], g)}, index=[f"gene{j}" for j in range(g)])
-    a = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
-    a.layers["counts"] = sp.csr_matrix(counts)
-    return a
-
-
-def write_h5ad(tmp_path: Path, a: ad.AnnData, name: str = "cells.h5ad") -> Path:
-    path = tmp_path / name
-    a.write_h5ad(path)
-    return path
 
 
 def one_line(err: pytest.ExceptionInfo, *needles: str) -> None:
@@ -103,16 +80,6 @@ def test_missing_obs_key(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         SingleCellDataModule(str(path), cell_type_key="celltype").setup("fit")
     one_line(err, "cells.h5ad", "obs key 'celltype'")
-
-
-def _mudata(tmp_path: Path, n_adt: int) -> Path:
-    import mudata as md
-
-    rna = make_adata(n=40)
-    adt = make_adata(n=40, g=6, seed=1)[:n_adt].copy()
-    path = tmp_path / "cite.h5mu"
-    md.MuData({"rna": rna, "adt": adt}).write(path)
-    return path
 
 
 def test_mudata_with_mismatched_cells(tmp_path: Path) -> None:

@@ -5,13 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from plexlab.modules.single_cell.svae import (
-    SVAE,
+from plexlab.modules.single_cell.svae import SVAE, graph_scores, mean_correlation_coefficient
+from plexlab.modules.single_cell.svae_losses import (
     beta_sparsity_log_prob,
-    graph_scores,
     hard_gumbel_sigmoid,
     kl_to_prior,
-    mean_correlation_coefficient,
     nb_log_likelihood,
 )
 from scipy import stats

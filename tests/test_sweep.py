@@ -17,11 +17,11 @@ from typing import Any
 import psutil
 import pytest
 import yaml
+from _hypergraph_files import write_graph
 from _processes import free_port, log_tail, start_mlflow_server, stop, wait_for
 from mlflow.tracking import MlflowClient
 from plexlab import api, schema, tracking
 from plexlab.errors import ConfigError
-from test_hypergcl import write_graph
 
 pytestmark = pytest.mark.ray
 

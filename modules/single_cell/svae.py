@@ -43,50 +43,20 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from plexlab.modules.layers import mlp
+from plexlab.modules.single_cell.svae_losses import (
+    beta_sparsity_log_prob,
+    hard_gumbel_sigmoid,
+    kl_to_prior,
+    nb_log_likelihood,
+)
+from plexlab.modules.single_cell.svae_transfer import plot_masks, run_transfer
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
 Variant = Literal["svae+", "svae", "ivae", "vae"]
-
-
-# ---------------------------------------------------------------------------------------------- loss terms
-def nb_log_likelihood(
-    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8
-) -> torch.Tensor:
-    """Elementwise log NB(x; mean mu, inverse dispersion theta)."""
-    log_theta_mu = torch.log(theta + mu + eps)
-    return (
-        torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1.0)
-        + theta * (torch.log(theta + eps) - log_theta_mu)
-        + x * (torch.log(mu + eps) - log_theta_mu)
-    )
-
-
-def kl_to_prior(q_mean: torch.Tensor, q_logvar: torch.Tensor, p_mean: torch.Tensor) -> torch.Tensor:
-    """KL(N(q_mean, exp(q_logvar)) || N(p_mean, I)), summed over the last dimension."""
-    return 0.5 * (q_logvar.exp() + (q_mean - p_mean) ** 2 - 1.0 - q_logvar).sum(-1)
-
-
-def beta_sparsity_log_prob(logits: torch.Tensor, lam: float) -> torch.Tensor:
-    """Elementwise log Beta(sigmoid(logits); 1, lam) = log(lam) + (lam - 1) * log(1 - sigmoid(logits)).
-
-    Written with ``log(1 - sigmoid(l)) = -softplus(l)`` so it stays finite for large logits.
-    """
-    return math.log(lam) - (lam - 1.0) * F.softplus(logits)
-
-
-def hard_gumbel_sigmoid(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """A 0/1 sample of Bernoulli(sigmoid(logits)) with the straight-through gradient of the relaxed sample."""
-    u = torch.rand_like(logits).clamp(1e-6, 1.0 - 1e-6)
-    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
-    hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -380,8 +350,6 @@ class SVAE(pl.LightningModule):
         """Simulation scores and mask plot (when ground truth exists); the transfer table (when perturbations
         are
         held out): ``transfer_elbo.csv`` per held-out perturbation and ``transfer_summary.csv``."""
-        from plexlab.modules.single_cell.svae_transfer import plot_masks, run_transfer
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.has_mask:

@@ -18,12 +18,15 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from plexlab.modules.single_cell.svae import SVAE, kl_to_prior
+from plexlab.modules.single_cell.svae_losses import kl_to_prior
+
+if TYPE_CHECKING:  # the model imports this module (export_artifacts runs the transfer): annotations only
+    from plexlab.modules.single_cell.svae import SVAE
 
 logger = logging.getLogger(__name__)
 
