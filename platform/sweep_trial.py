@@ -7,6 +7,8 @@ that Tune's actor reuse cannot mix up.
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import ray
 import torch
 from plexlab import schema, tracking, train
 from plexlab.config import ExperimentConfig, flatten, load
+from plexlab.errors import PlexlabError
 from ray import tune
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
@@ -43,8 +46,20 @@ def trial_folder(sweep_path: str, trial_id: str) -> Path:
     filesystem (shared storage on a cluster), else on the trial's node. (Tune's own trial folder is not
     updated when an actor is reused, so trials would overwrite each other's files there.)"""
     if "://" in sweep_path:
-        return Path(tempfile.gettempdir()) / "plexlab_trials" / sweep_path.rsplit("/", 1)[-1] / trial_id
+        return private_temp_root() / sweep_path.rsplit("/", 1)[-1] / trial_id
     return Path(sweep_path) / "trial_files" / trial_id
+
+
+def private_temp_root() -> Path:
+    """This user's folder for trial files under the temp dir: mode 700, owned by the user, not a link, so that
+    nobody else can read a trial's checkpoints or plant one. Per user, not random: the driver and the trials'
+    nodes must name the same folder."""
+    root = Path(tempfile.gettempdir()) / f"plexlab_trials-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise PlexlabError(f"{root} is not a private folder of this user (mode 700): remove it and run again")
+    return root
 
 
 class _ReportToTune(pl.Callback):

@@ -222,3 +222,18 @@ def test_a_canary_password_appears_in_no_ray_log_param_tag_or_artifact(
         assert stat.S_IMODE(token.stat().st_mode) == 0o600
     logs = [p for p in ray_tmp.rglob("*.log") if p.is_file()]
     assert logs and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in logs), "Ray's logs are private"
+
+
+def test_trial_files_off_shared_storage_go_to_a_private_folder(monkeypatch, tmp_path) -> None:
+    import tempfile
+
+    from plexlab.errors import PlexlabError
+    from plexlab.sweep_trial import trial_folder
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = trial_folder("s3://bucket/plexlab/sweep-1", "trial_1")
+    root = tmp_path / f"plexlab_trials-{os.getuid()}"
+    assert folder == root / "sweep-1" / "trial_1" and stat.S_IMODE(root.stat().st_mode) == 0o700
+    root.chmod(0o777)  # planted or loosened by someone else
+    with pytest.raises(PlexlabError, match="not a private folder"):
+        trial_folder("s3://bucket/plexlab/sweep-1", "trial_1")
