@@ -48,9 +48,13 @@ _MAGIC = (
 )
 # A GROMACS .gro atom line: residue number+name, atom name, atom number, x y z in nm with 3 decimals.
 _GRO_ATOM = re.compile(r"^[ \d]{5}.{10}[ \d]{5}\s*-?\d+\.\d{3}\s*-?\d+\.\d{3}\s*-?\d+\.\d{3}")
-# ATOM/HETATM lines whose element columns (77-78) are blank or missing.
+# ATOM/HETATM lines whose element columns (77-78) are blank or missing and whose atom name starts in column
+# 13: only there can gemmi's guess (columns 13-14) differ from the residue-aware one (" CA " is carbon).
+# Matched from the newline before the record: a literal start is 7x faster to scan for than `^` with re.M.
 _BLANK_ELEMENT = re.compile(
-    r"^(?:ATOM  |HETATM)(?:[^\n]{0,70}\r?$|[^\n]{70}[^A-Za-z\n]\r?$|[^\n]{70}[^A-Za-z\n][^A-Za-z\n])", re.M
+    r"\n(?:ATOM  |HETATM)[^\n]{6}[^ \n]"
+    r"(?:[^\n]{0,63}+$|[^\n]{63}[^A-Za-z\n](?:\r?$|[^A-Za-z\n]))",  # possessive: no backtracking
+    re.M,
 )
 
 
@@ -163,6 +167,7 @@ def _is_element(symbol: str) -> bool:
     return gemmi.Element(symbol).atomic_number > 0
 
 
+@lru_cache(maxsize=65536)
 def infer_element(residue: str, atom_name: str) -> str | None:
     """Element of an atom without an element column, from its name and residue; None: leave it to gemmi."""
     name = atom_name.strip().lstrip("0123456789").upper()  # "1HB2" -> "HB2"
@@ -180,19 +185,19 @@ def infer_element(residue: str, atom_name: str) -> str | None:
 
 def fill_blank_elements(text: str) -> str:
     """PDB text with the element columns (77-78) filled where blank and `infer_element` knows better."""
+    text = "\n" + text  # so that the first line, too, follows a newline
     if _BLANK_ELEMENT.search(text) is None:
-        return text
+        return text[1:]
 
     def fill(m: re.Match[str]) -> str:
-        line = m.group(0)
-        cr = "\r" if line.endswith("\r") else ""
-        body = line.removesuffix("\r")
-        element = infer_element(body[17:20], body[12:16])
+        line = m.group(0)[1:]
+        element = infer_element(line[17:20], line[12:16])
         if element is None:
-            return line
-        return f"{body[:76]:<76}{element:>2}{body[78:]}{cr}"
+            return m.group(0)
+        body = line.removesuffix("\r")
+        return f"\n{body[:76]:<76}{element:>2}{body[78:]}{line[len(body) :]}"
 
-    return _BLANK_ELEMENT.sub(fill, text)
+    return _BLANK_ELEMENT.sub(fill, text)[1:]
 
 
 # Columns gemmi needs in an mmCIF atom_site loop (it silently reads no atoms without them), and how to make
