@@ -590,3 +590,44 @@ def test_pool_featurizes_like_one_process(tmp_path, capfd):
     assert pooled.cache.misses == serial.cache.misses == 5  # the zip is refused before any cache lookup
     with pytest.raises(DataError, match="featurize_workers"):
         ProteinDataModule(path=str(folder), featurize_workers=0)
+
+
+def test_folder_from_the_wild_trains_through_plexlab_fit(workdir):
+    """What a user runs: `plexlab fit` (MLflow on) on a folder mixing an MD file with blank elements, a chain
+    longer than max_residues, files without protein and a zip renamed .pdb; featurized by a pool of 2."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+    from plexlab import cli
+
+    folder = workdir / "structures"
+    folder.mkdir()
+    write_charmm(folder / "md_system.pdb", 40, ions=3)
+    long = [(random.Random(i).choice(["ALA", "LYS", "GLU"]), i + 1, " ", False, " ") for i in range(300)]
+    write_pdb(folder / "1lng.pdb", long)
+    for k in range(3):
+        write_pdb(folder / f"{k + 2}abc.pdb", plain(25 + 5 * k), chain="A")
+    _waters(folder / "solvent.pdb")
+    (folder / "archive.pdb").write_bytes(b"PK\x03\x04" + bytes(64))
+    model = {"name": "protein_mmcl", "esm_layers": 1, "esm_dim": 16, "esm_heads": 2, "gnn_dims": [8]}
+    exp = {
+        "name": "wild-structures",
+        "seed": 0,
+        "model": {**model, "proj_dim": 8},
+        "data": {
+            "name": "protein",
+            "path": str(folder),
+            "cache_dir": str(workdir / "graph_cache"),
+            "max_residues": 100,
+            "crop_length": 20,
+            "batch_size": 2,
+            "featurize_workers": 2,
+        },
+        "trainer": {"max_epochs": 1, "accelerator": "cpu"},
+    }
+    (workdir / "exp.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    assert cli.main(["fit", str(workdir / "exp.yaml")]) == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["data.featurize_workers"] == "2"
+    assert "train/loss" in run.data.metrics
+    assert len(list((workdir / "graph_cache").glob("*.pt"))) == 6  # all but the zip, which is not cached
