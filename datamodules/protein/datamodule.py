@@ -39,8 +39,8 @@ from plexlab.datamodules.protein.graph import (
     NUM_RESIDUE_TYPES,
     GraphCache,
     GraphSettings,
-    build_edges,
     default_workers,
+    window_edges,
 )
 from plexlab.datamodules.protein.reader import (
     ChainSkip,
@@ -204,6 +204,11 @@ class ProteinDataModule(pl.LightningDataModule):
             files = sorted(p for p in root.iterdir() if is_structure_file(p))
             if not files:
                 raise DataError(root, "no PDB/mmCIF files (.pdb, .cif, .ent, optionally .gz)")
+            others = sorted(p.name for p in root.iterdir() if p.is_file() and not is_structure_file(p))
+            if others:  # said, not silent: a .gro or .pdbqt beside the structures is not read
+                log.info(
+                    "%s: %d files without a structure suffix not read (%s)", root, len(others), others[0]
+                )
             return [(p, None) for p in files]
         if not root.exists():
             raise DataError(root, "no such file or folder")
@@ -378,7 +383,7 @@ class ProteinDataModule(pl.LightningDataModule):
             num_nodes=g["x"].shape[0],
         )
         cut = crop_view(ProteinView(it["id"], it["sequence"], nodes), self.max_residues, rng or _First())
-        cut.graph.edge_index, cut.graph.edge_type = build_edges(
+        cut.graph.edge_index, cut.graph.edge_type = window_edges(
             cut.graph.pos, cut.graph.residue_pos, self.settings
         )
         return cut

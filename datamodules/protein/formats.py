@@ -31,7 +31,7 @@ PDB_RECORDS = frozenset(
     "HEADER OBSLTE TITLE SPLIT CAVEAT COMPND SOURCE KEYWDS EXPDTA NUMMDL MDLTYP AUTHOR REVDAT SPRSDE JRNL "
     "REMARK DBREF DBREF1 DBREF2 SEQADV SEQRES MODRES HET HETNAM HETSYN FORMUL HELIX SHEET SSBOND LINK "
     "CISPEP SITE CRYST1 ORIGX1 ORIGX2 ORIGX3 SCALE1 SCALE2 SCALE3 MTRIX1 MTRIX2 MTRIX3 MODEL ATOM ANISOU "
-    "TER HETATM ENDMDL CONECT MASTER END".split()
+    "TER HETATM ENDMDL CONECT MASTER END SIGATM SIGUIJ USER".split()  # USER: MolProbity/reduce headers
 )
 _MAGIC = (
     (b"PK\x03\x04", "a zip archive"),
@@ -107,7 +107,7 @@ def sniff_format(path: Path, data: bytes) -> str:
     body = [ln for ln in lines if not ln.startswith("#")]
     if body and (body[0].startswith("data_") or body[0].startswith(("loop_", "_atom_site."))):
         return "mmcif"
-    if any(ln[:6].rstrip() in PDB_RECORDS for ln in lines):
+    if any(ln[:6].rstrip().upper() in PDB_RECORDS for ln in lines):
         return "pdb"
     raise _not_a_structure(path, _other_kind(first, lines))
 

@@ -108,6 +108,14 @@ def build_edges(
     return edge_index, torch.cat(types)
 
 
+def window_edges(
+    pos: torch.Tensor, seq_index: torch.Tensor, s: GraphSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`build_edges` on one thread: the graph of a window of a long chain, built at each draw."""
+    with _one_thread():
+        return build_edges(pos, seq_index, s)
+
+
 @contextlib.contextmanager
 def _one_thread():
     """Run small tensor ops on one thread: on a busy machine intra-op threads made featurizing 6x slower."""
