@@ -5,9 +5,11 @@ then `setup("fit")` (read with gemmi, featurize each chain's residue graph, writ
 cache; warm: hash each file, load its cache entry). Cold runs use a new cache folder each time, once with
 one featurizing process (`featurize_workers=1`) and once with the pool (`--workers`, default: the CPUs this
 process may use), alternating within each repetition so both see the same machine load; the speed-up is
-the ratio of their medians. Warm runs reuse the last cache with a new data module. Also times the cold
-stages per file (read, featurize, write) to show what limits it. The input is the shared folder of 70 real
-structure files (`proteins/structures`).
+the ratio of their medians (a machine busy with other sessions cannot show it: Linux's autogroup
+scheduling gives each session one share of the CPUs however many processes it runs, so the CPU seconds of
+this process and of the workers are printed too, to show how the work divides). Warm runs reuse the last
+cache with a new data module. Also times the cold stages per file (read, featurize, write) to show what
+limits it. The input is the shared folder of 70 real structure files (`proteins/structures`).
 
     .venv/bin/python tests/bench/bench_protein_featurization.py [--quick] [--reps 3] [--workers N]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -28,14 +31,25 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("PLEXLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+CPU: dict[str, list[float]] = {"parent": [], "workers": []}
+
+
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def setup_once(path: Path, cache: Path, workers: int | None = None) -> tuple[float, int, int]:
-    """Seconds for one data module's setup("fit"), and the structure files and chains it saw."""
+    """Seconds for one data module's setup("fit"), and the structure files and chains it saw. The CPU
+    seconds of this process and of its (finished) worker processes go to CPU, to show how work divides."""
     from plexlab.datamodules.protein.datamodule import ProteinDataModule
 
-    start = time.perf_counter()
+    start, parent, children = time.perf_counter(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     dm = ProteinDataModule(path=str(path), cache_dir=str(cache), featurize_workers=workers)
     dm.setup("fit")
     seconds = time.perf_counter() - start
+    CPU["parent"].append(_cpu(resource.RUSAGE_SELF) - parent)
+    CPU["workers"].append(_cpu(resource.RUSAGE_CHILDREN) - children)
     return seconds, dm.cache.hits + dm.cache.misses, len(dm.items)
 
 
@@ -100,8 +114,10 @@ def main() -> None:
             seconds, _, _ = setup_once(path, cache)
             warm.append(seconds)
         loads.append(os.getloadavg()[0])
+        p, k = CPU["parent"], CPU["workers"]
         print(
-            f"rep {rep}: cold 1 worker {cold1[-1]:.2f} s, cold {workers} workers {cold[-1]:.2f} s, "
+            f"rep {rep}: cold 1 worker {cold1[-1]:.2f} s (CPU {p[-4]:.1f} s), cold {workers} workers "
+            f"{cold[-1]:.2f} s (CPU: this process {p[-3]:.1f} s, workers {k[-3]:.1f} s), "
             f"warm {warm[-2]:.3f} / {warm[-1]:.3f} s",
             flush=True,
         )
