@@ -25,7 +25,7 @@ from pathlib import Path
 
 from plexlab.datamodules.errors import DataError
 
-SNIFF_BYTES = 1 << 16  # the head that decides the format
+SNIFF_BYTES = 1 << 14  # the head that decides the format (hashing-cheap: read on every cache lookup)
 # Record names of the PDB format (v3.3), the first six columns of a line, right-stripped.
 PDB_RECORDS = frozenset(
     "HEADER OBSLTE TITLE SPLIT CAVEAT COMPND SOURCE KEYWDS EXPDTA NUMMDL MDLTYP AUTHOR REVDAT SPRSDE JRNL "
