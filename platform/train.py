@@ -94,6 +94,8 @@ def construct(source: str, section: str, cls: type, args: dict[str, Any]) -> Any
     class refused (settings that do not fit together): one line naming the key it mentions, or the section."""
     try:
         return cls(**args)
+    except DataError:  # already names its setting or file
+        raise
     except ValueError as exc:
         message = first_line(exc, 300)
         named = [k for k in args if k in message]

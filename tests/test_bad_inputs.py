@@ -539,6 +539,110 @@ def override_without_value(tmp: Path) -> Built:
     return good_hypergraph(tmp), ["--set", "model.lr"], ["--set", "model.lr"]
 
 
+# ---- protein structure files from the wild (issue 21): not structures, no protein, missing files ---------
+# Each is read the way users run it (not strict): the file is rejected, and with nothing else left the
+# error names the file, why it was rejected, and (for a folder) the folder.
+
+
+def _good_pdb_bytes(tmp: Path) -> bytes:
+    return write_pdb(tmp / "good_source.pdb", plain(20)).read_bytes()
+
+
+@case
+def pdb_zip_renamed(tmp: Path) -> Built:
+    import zipfile
+
+    f = tmp / "archive.pdb"
+    with zipfile.ZipFile(f, "w") as zf:
+        zf.writestr("1abc.pdb", _good_pdb_bytes(tmp))
+    return protein(f), [str(f), "not a PDB or mmCIF file", "zip archive"]
+
+
+@case
+def pdb_utf16_text(tmp: Path) -> Built:
+    f = tmp / "windows.pdb"
+    f.write_bytes(_good_pdb_bytes(tmp).decode().encode("utf-16"))
+    return protein(f), [str(f), "not a PDB or mmCIF file", "UTF-16"]
+
+
+@case
+def pdb_bzip2_in_folder(tmp: Path) -> Built:
+    import bz2
+
+    folder = tmp / "structures"
+    folder.mkdir()
+    (folder / "1abc.pdb.gz").write_bytes(bz2.compress(_good_pdb_bytes(tmp)))
+    return protein(folder), [str(folder), "1abc.pdb.gz", "not a PDB or mmCIF file", "bzip2"]
+
+
+@case
+def pdb_gromacs_gro(tmp: Path) -> Built:
+    f = tmp / "conf.gro"
+    rows = [f"{i + 1:5d}ALA     CA{i + 1:5d}{0.38 * i:8.3f}{1.0:8.3f}{1.0:8.3f}" for i in range(20)]
+    f.write_text("\n".join(["Protein in water", "   20", *rows, "   5.00000   5.00000   5.00000"]) + "\n")
+    return protein(f), [str(f), "not a PDB or mmCIF file", "GROMACS .gro"]
+
+
+@case
+def pdb_ent_xml_dtd(tmp: Path) -> Built:
+    f = tmp / "pdbx-v50.ent"
+    f.write_text('<?xml version="1.0"?>\n<!ELEMENT PDBx:datablock (PDBx:atom_siteCategory)>\n')
+    return protein(f), [str(f), "not a PDB or mmCIF file", "XML DTD"]
+
+
+@case
+def mmcif_random_bytes(tmp: Path) -> Built:
+    import random
+
+    f = tmp / "noise.cif"
+    f.write_bytes(random.Random(7).randbytes(2048) + b"\x00")
+    return protein(f), [str(f), "not a PDB or mmCIF file", "binary data"]
+
+
+@case
+def pdb_waters_only(tmp: Path) -> Built:
+    f = tmp / "waters.pdb"
+    lines = [atom(i + 1, " O", "HOH", "W", i + 1, helix(i), het=True, elem="O") for i in range(30)]
+    f.write_text("\n".join([*lines, "END"]) + "\n")
+    return protein(f), [str(f), "no protein chain", "only waters, ligands or ions (30 HOH)"]
+
+
+@case
+def pdb_nucleic_acid_only(tmp: Path) -> Built:
+    f = tmp / "dna.pdb"
+    lines = [atom(i + 1, " P", "DA", "B", i + 1, helix(i), elem="P") for i in range(12)]
+    f.write_text("\n".join([*lines, "END"]) + "\n")
+    return protein(f), [str(f), "1 no protein chain", "chain 'B': nucleic acid: Dna chain skipped"]
+
+
+@case
+def pdb_charmm_ions_only(tmp: Path) -> Built:
+    # Blank element columns, left-aligned names, segment ids: calcium ions stay calcium, and say so.
+    f = tmp / "ions.pdb"
+    rows = [
+        f"HETATM{i + 1:5d} CA   CA   {i + 1:4d}    {3.0 * i:8.3f}{0.0:8.3f}{0.0:8.3f}  1.00  0.00      IONS"
+        for i in range(5)
+    ]
+    f.write_text("\n".join([*rows, "END"]) + "\n")
+    return protein(f), [str(f), "no protein chain", "5 CA"]
+
+
+@case
+def pdb_chains_file_names_missing_file(tmp: Path) -> Built:
+    write_pdb(tmp / "a.pdb", plain(20))
+    tsv = tmp / "chains.tsv"
+    tsv.write_text("file\tchain\na.pdb\tA\nstructures/gone.pdb\tB\n")
+    data = {"name": "protein", "chains_file": str(tsv), "cache_dir": str(tmp / "c")}
+    return experiment(PROTEIN_MODEL, data), [str(tsv), "row 3", "'structures/gone.pdb' not found"]
+
+
+@case
+def pdb_html_error_page(tmp: Path) -> Built:
+    f = tmp / "1abc.pdb"
+    f.write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n")
+    return protein(f), [str(f), "not a PDB or mmCIF file", "HTML page"]
+
+
 # ---- the test --------------------------------------------------------------------------------------------
 
 

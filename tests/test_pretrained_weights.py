@@ -259,8 +259,8 @@ def test_protein_mmcl_fits_from_weights_named_in_the_experiment_file(
     torch_home: Path, workdir: Path, shared_data: Path
 ) -> None:
     """`plexlab fit` with MLflow on: the ESM weights come from the hub cache by name, then train."""
+    from _protein_files import SMALL
     from mlflow.tracking import MlflowClient
-    from test_protein_models import SMALL
 
     reference = tiny_esm2()
     write_checkpoint(torch_home, NAME, reference)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
 import random
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,14 @@ import torch
 from _protein_files import atom, helix, plain, write_pdb
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.protein.datamodule import ProteinDataModule
-from plexlab.datamodules.protein.graph import RESIDUE_TYPES, GraphCache, GraphSettings, build_edges
+from plexlab.datamodules.protein.formats import fill_blank_elements, infer_element, structure_format
+from plexlab.datamodules.protein.graph import (
+    RESIDUE_TYPES,
+    GraphCache,
+    GraphSettings,
+    build_edges,
+    file_digest,
+)
 from plexlab.datamodules.protein.reader import Scop2Index, read_fasta, read_labels, read_structure
 from plexlab.datamodules.protein.views import ProteinView, ViewSampler, crop_view
 
@@ -318,3 +327,269 @@ def test_copy_of_file_reads_cache(tmp_path, shared_data, shared_dm):
     cache = GraphCache(shared_dm.cache_dir, shared_dm.settings)
     graphs, _ = cache.load(tmp_path / "renamed.pdb.gz")
     assert cache.hits == 1 and graphs[0]["id"] == "renamed.pdb.gz:A"
+
+
+# ------------------------------------------------------------------ structure files from the wild (issue 21)
+
+
+def charmm_line(serial, name, resn, resi, xyz, segment="PROA", het=False):
+    """A CHARMM/NAMD-style record: blank chain id and element columns, atom name left-aligned, segment id."""
+    rec = "HETATM" if het else "ATOM  "
+    x, y, z = xyz
+    coords = f"{x:8.3f}{y:8.3f}{z:8.3f}"
+    return f"{rec}{serial:5d} {name:<4s} {resn:<4s} {resi:4d}    {coords}  1.00  0.00      {segment}"
+
+
+def write_charmm(path: Path, n: int, ions: int = 0) -> Path:
+    lines = []
+    for i in range(n):
+        x, y, z = helix(i)
+        lines.append(charmm_line(2 * i + 1, "N", "ALA", i + 1, (x + 1, y, z)))
+        lines.append(charmm_line(2 * i + 2, "CA", "ALA", i + 1, (x, y, z)))
+    for k in range(ions):
+        lines.append(charmm_line(1000 + k, "CA", "CA", k + 1, (20.0 + 4 * k, 0.0, 0.0), "IONS", het=True))
+    path.write_text("\n".join([*lines, "END"]) + "\n")
+    return path
+
+
+def test_charmm_file_with_blank_elements_reads_every_residue(tmp_path):
+    f = write_charmm(tmp_path / "md.pdb", 30, ions=2)
+    assert f.read_text().splitlines()[1][12:16] == "CA  "  # left-aligned, as the issue's files
+    recs, skips = read_structure(f)  # before: calcium everywhere, "no C-alpha"
+    assert [(r.chain, len(r.ca)) for r in recs] == [("PROA", 30)]
+    assert recs[0].sequence == "A" * 30 and not [s for s in skips if s.chain == "PROA"]
+    import gemmi
+
+    st = gemmi.read_pdb_string(fill_blank_elements(f.read_text()))
+    elements = {(r.name, a.name): a.element.name for ch in st[0] for r in ch for a in r}
+    assert elements == {("ALA", "N"): "N", ("ALA", "CA"): "C", ("CA", "CA"): "Ca"}
+
+
+@pytest.mark.parametrize(
+    ("residue", "atom_name", "element"),
+    [
+        ("ALA", "CA  ", "C"),
+        ("CA", "CA  ", "CA"),  # the calcium ion keeps its element
+        ("MSE", "SE  ", "SE"),
+        ("ALA", "1HB ", "H"),
+        ("DA", "C1' ", "C"),
+        ("ZN", "ZN  ", "ZN"),
+        ("HOH", " OH2", None),  # not a polymer residue and not an ion named like itself: gemmi's own guess
+        ("LIG", "CL1 ", None),
+    ],
+)
+def test_infer_element(residue, atom_name, element):
+    assert infer_element(residue, atom_name) == element
+
+
+def _kinds_of_non_structure(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = write_pdb(tmp_path / "good.pdb", plain(20)).read_bytes()
+    zipped = tmp_path / "zipped.pdb"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("good.pdb", good)
+    files = {
+        "zip": (zipped, "looks like a zip archive"),
+        "bzip2": (tmp_path / "b.pdb.gz", "looks like bzip2-compressed data"),
+        "utf16": (tmp_path / "u.pdb", "looks like UTF-16 text"),
+        "utf16_no_bom": (tmp_path / "u2.pdb", "looks like UTF-16 text"),
+        "dtd": (tmp_path / "pdbx.ent", "looks like an XML DTD"),
+        "gro": (tmp_path / "conf.pdb", "looks like a GROMACS .gro file"),
+        "html": (tmp_path / "page.cif", "looks like an HTML page"),
+        "random": (tmp_path / "noise.pdb", "looks like binary data"),
+        "text": (tmp_path / "notes.cif", "no PDB records or mmCIF data block"),
+    }
+    files["bzip2"][0].write_bytes(bz2.compress(good))
+    files["utf16"][0].write_bytes(good.decode().encode("utf-16"))
+    files["utf16_no_bom"][0].write_bytes(good.decode().encode("utf-16-le"))
+    files["dtd"][0].write_text('<?xml version="1.0"?>\n<!ELEMENT datablock (atom_siteCategory)>\n')
+    files["gro"][0].write_text(
+        "Protein in water\n    2\n    1ALA     CA    1   1.000   2.000   3.000\n"
+        "    2ALA     CA    2   1.380   2.000   3.000\n   5.0   5.0   5.0\n"
+    )
+    files["html"][0].write_text("<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n")
+    files["random"][0].write_bytes(random.Random(0).randbytes(4096) + b"\x00")
+    files["text"][0].write_text("these are my notes\nabout the protein\n")
+    return files
+
+
+def test_files_that_are_not_structures_say_what_they_look_like(tmp_path):
+    for kind, (f, expected) in _kinds_of_non_structure(tmp_path).items():
+        with pytest.raises(DataError) as exc:
+            read_structure(f)  # before: "no atoms (empty or truncated structure)" or a gemmi parse error
+        msg = str(exc.value)
+        assert msg.startswith(f"{f}: not a PDB or mmCIF file (") and expected in msg, (kind, msg)
+        assert "\n" not in msg
+
+
+def test_format_comes_from_content_and_is_in_the_cache_key(tmp_path):
+    text = write_pdb(tmp_path / "a.pdb", plain(20)).read_text()
+    as_cif = tmp_path / "really_pdb.cif"
+    as_cif.write_text(text)
+    gz_no_suffix = tmp_path / "gzipped.pdb"
+    gz_no_suffix.write_bytes(gzip.compress(text.encode()))
+    plain_gz = tmp_path / "plain.pdb.gz"
+    plain_gz.write_text(text)
+    assert structure_format(as_cif) == "pdb" and structure_format(gz_no_suffix) == "pdb"
+    cache = GraphCache(tmp_path / "cache", GraphSettings())
+    for f in (as_cif, gz_no_suffix, plain_gz):  # fresh cache: each loads from its content
+        (g,), _ = GraphCache(tmp_path / f"fresh_{f.name}", GraphSettings()).load(f)
+        assert g["x"].shape == (20,)
+    cache.load(as_cif)
+    again = GraphCache(tmp_path / "cache", GraphSettings())
+    again.load(tmp_path / "a.pdb")  # the same bytes under another name: a hit
+    assert (again.hits, again.misses) == (1, 0)
+    digest = file_digest(as_cif)
+    assert cache.path_for(as_cif).stem == cache._key(digest, "pdb") != cache._key(digest, "mmcif")
+
+
+def test_minimal_mmcif_without_alt_id_and_element_columns(tmp_path):
+    cols = "group_PDB id label_atom_id label_comp_id label_asym_id label_seq_id Cartn_x Cartn_y Cartn_z"
+    rows = [
+        f"ATOM {i} CA ALA A {i} {x:.3f} {y:.3f} {z:.3f}"
+        for i, (x, y, z) in enumerate(map(helix, range(25)), 1)
+    ]
+    f = tmp_path / "minimal.cif"
+    f.write_text(
+        "data_x\nloop_\n" + "".join(f"_atom_site.{c}\n" for c in cols.split()) + "\n".join(rows) + "\n"
+    )
+    (rec,), _ = read_structure(f)  # before: gemmi read no atoms without label_alt_id
+    assert len(rec.ca) == 25 and rec.ca[3].tolist() == pytest.approx(list(helix(3)), abs=1e-3)
+
+
+def _waters(path: Path, n: int = 12) -> Path:
+    lines = [atom(i + 1, " O", "HOH", "W", i + 1, helix(i), het=True, elem="O") for i in range(n)]
+    path.write_text("\n".join([*lines, "END"]) + "\n")
+    return path
+
+
+def _dna(path: Path, n: int = 12) -> Path:
+    lines = [atom(i + 1, " P", "DA", "B", i + 1, helix(i), elem="P") for i in range(n)]
+    path.write_text("\n".join([*lines, "END"]) + "\n")
+    return path
+
+
+def test_files_without_a_protein_chain_are_listed_with_why(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    write_pdb(folder / "good.pdb", plain(20))
+    _waters(folder / "waters.pdb")
+    _dna(folder / "dna.pdb")
+    dm = ProteinDataModule(path=str(folder), cache_dir=str(tmp_path / "c"))
+    dm.setup("fit")
+    assert dict(dm.skip_table()) == {"no protein chain": 2, "nucleic acid": 1}
+    files = {s.source: s.detail for s in dm.skipped if s.reason == "no protein chain"}
+    assert files == {
+        "waters.pdb": "only waters, ligands or ions (12 HOH)",
+        "dna.pdb": "chains rejected: B nucleic acid",
+    }
+    (folder / "good.pdb").unlink()
+    with pytest.raises(DataError) as exc:
+        ProteinDataModule(path=str(folder), cache_dir=str(tmp_path / "c")).setup("fit")
+    msg = str(exc.value)  # before: "no usable protein chain (0 rejected)" for a waters-only folder
+    assert msg.startswith(
+        f"{folder}: no usable protein chain (3 rejected: 2 no protein chain, 1 nucleic acid"
+    )
+    assert "\n" not in msg
+
+
+def test_chains_file_naming_a_missing_file(tmp_path):
+    write_pdb(tmp_path / "a.pdb", plain(20))
+    tsv = tmp_path / "chains.tsv"
+    tsv.write_text("file\tchain\na.pdb\tA\nmissing.pdb\tB\n")
+    with pytest.raises(DataError) as exc:  # before: FileNotFoundError with a traceback
+        ProteinDataModule(chains_file=str(tsv), cache_dir=str(tmp_path / "c")).setup("fit")
+    assert str(exc.value) == (
+        f"{tsv}: row 3: file 'missing.pdb' not found (looked for {tmp_path / 'missing.pdb'})"
+    )
+
+
+def test_long_chain_graph_is_built_on_the_window(tmp_path):
+    seqres = [random.Random(i).choice(["ALA", "GLY", "TRP", "LYS"]) for i in range(200)]
+    f = write_pdb(tmp_path / "long.pdb", [(seqres[i], i + 1, " ", False, " ") for i in range(200)], seqres)
+    write_pdb(tmp_path / "short.pdb", plain(40), chain="B")
+    s = GraphSettings(max_residues=60)
+    (long_graph,), _ = GraphCache(tmp_path / "c0", s).load(f)
+    assert long_graph["x"].shape == (200,) and long_graph["edge_index"].shape == (2, 0)  # nodes only
+    dm = ProteinDataModule(
+        path=str(tmp_path), cache_dir=str(tmp_path / "c"), max_residues=60, views=["identity"]
+    )
+    dm.setup("fit")
+    i = dm.sample_ids().index("long.pdb:A")
+    first = dm.view(i)
+    assert first.sequence == dm.items[i]["sequence"][:60] and first.graph.num_nodes == 60
+    got = {
+        (int(a), int(b), int(t))
+        for (a, b), t in zip(first.graph.edge_index.T.tolist(), first.graph.edge_type.tolist(), strict=True)
+    }
+    assert got == brute_force_edges(first.graph.pos.double(), first.graph.residue_pos.tolist(), s)
+    starts = {dm.items[i]["sequence"].find(dm.view(i, random.Random(k)).sequence) for k in range(8)}
+    assert len(starts) > 1  # training draws other windows
+    short = dm.view(dm.sample_ids().index("short.pdb:B"))  # short chains keep their cached whole graph
+    assert short.graph.num_nodes == 40 and short.graph.edge_index.shape[1] > 0
+    for batch in dm.train_dataloader():
+        assert torch.bincount(batch.a.graph.batch).le(60).all() and batch.a.tokens.shape[1] <= 62
+
+
+def test_pool_featurizes_like_one_process(tmp_path, capfd):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for k in range(5):
+        write_pdb(folder / f"p{k}.pdb", plain(15 + 7 * k), chain="ABCDE"[k])
+    (folder / "broken.pdb").write_bytes(b"PK\x03\x04" + bytes(100))
+    serial = ProteinDataModule(path=str(folder), cache_dir=str(tmp_path / "c1"), featurize_workers=1)
+    pooled = ProteinDataModule(path=str(folder), cache_dir=str(tmp_path / "c2"), featurize_workers=2)
+    serial.setup("fit")
+    capfd.readouterr()
+    pooled.setup("fit")
+    assert capfd.readouterr().err == ""  # no progress bar when stderr is not a terminal
+    assert pooled.sample_ids() == serial.sample_ids() and len(pooled.items) == 5
+    for a, b in zip(serial.items, pooled.items, strict=True):
+        assert torch.equal(a["edge_index"], b["edge_index"]) and torch.equal(a["pos"], b["pos"])
+    assert [str(s) for s in pooled.skipped] == [str(s) for s in serial.skipped]
+    assert "zip archive" in pooled.skipped[0].detail
+    names = sorted(p.name for p in (tmp_path / "c2").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "c1").iterdir()) and len(names) == 5  # no .tmp left
+    assert pooled.cache.misses == serial.cache.misses == 5  # the zip is refused before any cache lookup
+    with pytest.raises(DataError, match="featurize_workers"):
+        ProteinDataModule(path=str(folder), featurize_workers=0)
+
+
+def test_folder_from_the_wild_trains_through_plexlab_fit(workdir):
+    """What a user runs: `plexlab fit` (MLflow on) on a folder mixing an MD file with blank elements, a chain
+    longer than max_residues, files without protein and a zip renamed .pdb; featurized by a pool of 2."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+    from plexlab import cli
+
+    folder = workdir / "structures"
+    folder.mkdir()
+    write_charmm(folder / "md_system.pdb", 40, ions=3)
+    long = [(random.Random(i).choice(["ALA", "LYS", "GLU"]), i + 1, " ", False, " ") for i in range(300)]
+    write_pdb(folder / "1lng.pdb", long)
+    for k in range(3):
+        write_pdb(folder / f"{k + 2}abc.pdb", plain(25 + 5 * k), chain="A")
+    _waters(folder / "solvent.pdb")
+    (folder / "archive.pdb").write_bytes(b"PK\x03\x04" + bytes(64))
+    model = {"name": "protein_mmcl", "esm_layers": 1, "esm_dim": 16, "esm_heads": 2, "gnn_dims": [8]}
+    exp = {
+        "name": "wild-structures",
+        "seed": 0,
+        "model": {**model, "proj_dim": 8},
+        "data": {
+            "name": "protein",
+            "path": str(folder),
+            "cache_dir": str(workdir / "graph_cache"),
+            "max_residues": 100,
+            "crop_length": 20,
+            "batch_size": 2,
+            "featurize_workers": 2,
+        },
+        "trainer": {"max_epochs": 1, "accelerator": "cpu"},
+    }
+    (workdir / "exp.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    assert cli.main(["fit", str(workdir / "exp.yaml")]) == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["data.featurize_workers"] == "2"
+    assert "train/loss" in run.data.metrics
+    assert len(list((workdir / "graph_cache").glob("*.pt"))) == 6  # all but the zip, which is not cached

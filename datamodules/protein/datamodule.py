@@ -9,11 +9,15 @@ terms) in `function` mode; families from its `family`/`superfamily` columns (or 
 `scop2_superfamily`) or from `scop2_dir` (SCOP2 + SIFTS).
 
 Featurized graphs are cached on disk in `cache_dir` (default `$XDG_CACHE_HOME/plexlab/protein_graphs`, i.e.
-`~/.cache/plexlab/protein_graphs`), keyed by file content and featurizer settings.
+`~/.cache/plexlab/protein_graphs`), keyed by file content, detected format and featurizer settings. Files the
+cache lacks are featurized by `featurize_workers` processes (default: the CPUs this process may use), with a
+progress bar when stderr is a terminal. Every file a chains TSV names must exist (a missing one is an error
+naming the TSV row). A file that gives no protein chain is rejected once with why (`chain '*'`).
 
 Splits are drawn once from `seed`, grouping chains by PDB id so copies of one entry (PDB and mmCIF files,
 chains of a homo-oligomer) never straddle train and validation. Proteins longer than `max_residues` are
-cropped to a window (random in training, the first window in evaluation), as in the reference setup.
+cropped to a window (random in training, the first window in evaluation), as in the reference setup; the
+residue graph of such a chain is built on the window, so a 10,000-residue chain costs what 550 residues do.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ import lightning.pytorch as pl
 import torch
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.paths import OutputPath
-from plexlab.datamodules.protein.graph import NUM_RESIDUE_TYPES, GraphCache, GraphSettings
+from plexlab.datamodules.protein.graph import (
+    NUM_RESIDUE_TYPES,
+    GraphCache,
+    GraphSettings,
+    default_workers,
+    window_edges,
+)
 from plexlab.datamodules.protein.reader import (
     ChainSkip,
     Scop2Index,
@@ -98,9 +108,10 @@ class _Items(Dataset):
         seed = int(torch.randint(0, 2**31 - 1, (1,))) if self.train else self.dm.seed * 1_000_003 + i
         rng = random.Random(seed)
         if self.pairs:
-            a, b, spec = self.dm.sampler.sample(i, self.dm.view, rng)
+            a, b, spec = self.dm.sampler.sample(i, lambda j: self.dm.view(j, rng), rng)
             return self.dm.limit(a, rng), self.dm.limit(b, rng), spec
-        return self.dm.limit(self.dm.view(i), rng if self.train else None), self.dm.label_vector(i)
+        window = rng if self.train else None
+        return self.dm.limit(self.dm.view(i, window), window), self.dm.label_vector(i)
 
 
 class ProteinDataModule(pl.LightningDataModule):
@@ -129,6 +140,7 @@ class ProteinDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         batch_size: int = 8,
         num_workers: int = 0,
+        featurize_workers: int | None = None,
         seed: int = 0,
         strict: bool = False,
     ) -> None:
@@ -153,7 +165,10 @@ class ProteinDataModule(pl.LightningDataModule):
         self.mode, self.label_column = mode, label_column
         self.crop_length, self.fallback_view = crop_length, fallback_view
         self.max_residues = max_residues
-        self.settings = GraphSettings(max_offset, radius, knn, min_seq_sep, min_residues)
+        self.settings = GraphSettings(max_offset, radius, knn, min_seq_sep, min_residues, max_residues)
+        if featurize_workers is not None and featurize_workers < 1:
+            raise DataError("data.featurize_workers", f"must be at least 1, got {featurize_workers}")
+        self.featurize_workers = featurize_workers or default_workers()
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.num_workers, self.seed, self.strict = batch_size, num_workers, seed, strict
         if cache_dir is None:  # graphs are always cached on disk; default: the user's cache folder
@@ -170,19 +185,31 @@ class ProteinDataModule(pl.LightningDataModule):
             base = Path(self.path) if self.path else tsv.parent
             try:
                 rows = list(csv.DictReader(tsv.read_text().splitlines(), delimiter="\t"))
-            except OSError as exc:
+            except (OSError, UnicodeDecodeError) as exc:
                 raise DataError(tsv, f"cannot read: {exc}") from exc
             if not rows or "file" not in rows[0] or "chain" not in rows[0]:
                 raise DataError(tsv, "needs a header with 'file' and 'chain' columns")
             wanted: dict[Path, list[str]] = {}
-            for row in rows:
-                wanted.setdefault(base / row["file"], []).append(row["chain"] or "")
+            for lineno, row in enumerate(rows, 2):  # row 1 is the header
+                name = (row["file"] or "").strip()
+                if not name:
+                    raise DataError(tsv, f"row {lineno}: empty 'file' cell")
+                file = base / name
+                if not file.is_file():
+                    why = "is a folder" if file.is_dir() else "not found"
+                    raise DataError(tsv, f"row {lineno}: file {name!r} {why} (looked for {file})")
+                wanted.setdefault(file, []).append(row["chain"] or "")
             return list(wanted.items())
         root = Path(self.path)
         if root.is_dir():
             files = sorted(p for p in root.iterdir() if is_structure_file(p))
             if not files:
                 raise DataError(root, "no PDB/mmCIF files (.pdb, .cif, .ent, optionally .gz)")
+            others = sorted(p.name for p in root.iterdir() if p.is_file() and not is_structure_file(p))
+            if others:  # said, not silent: a .gro or .pdbqt beside the structures is not read
+                log.info(
+                    "%s: %d files without a structure suffix not read (%s)", root, len(others), others[0]
+                )
             return [(p, None) for p in files]
         if not root.exists():
             raise DataError(root, "no such file or folder")
@@ -211,15 +238,16 @@ class ProteinDataModule(pl.LightningDataModule):
                     }
                 )
         else:
-            for file, chains in self._structure_entries():
-                try:
-                    graphs, skips = self.cache.load(file)
-                except DataError as exc:
+            entries = self._structure_entries()
+            loaded = self.cache.load_many([file for file, _ in entries], self.featurize_workers)
+            for (file, chains), result in zip(entries, loaded, strict=True):
+                if isinstance(result, DataError):
                     if self.strict:
-                        raise
+                        raise result
                     for c in chains or ["*"]:
-                        self._reject(ChainSkip(file.name, c, "unreadable file", exc.problem))
+                        self._reject(ChainSkip(file.name, c, "unreadable file", result.problem))
                     continue
+                graphs, skips = result
                 by_chain = {g["chain"]: g for g in graphs}
                 skip_of = {s.chain: s for s in skips}
                 if chains is None:
@@ -247,7 +275,8 @@ class ProteinDataModule(pl.LightningDataModule):
                     self.items.append({**g, "graph": g})
         self._attach_labels()
         if not self.items:
-            why = f"; first rejection: {self.skipped[0]}" if self.skipped else ""
+            table = ", ".join(f"{n} {reason}" for reason, n in self.skip_table().most_common())
+            why = f": {table}; first: {self.skipped[0]}" if self.skipped else ""
             raise DataError(
                 self.path or self.chains_file or self.fasta_file,
                 f"no usable protein chain ({len(self.skipped)} rejected{why})",
@@ -320,14 +349,19 @@ class ProteinDataModule(pl.LightningDataModule):
         self.train_idx = pick(keys[n_val + n_test :])
 
     def skip_table(self) -> Counter:
-        """Rejected chains counted by reason."""
+        """Rejections counted by reason: chains, and files that gave no protein chain ('no protein chain',
+        'unreadable file'; their chain is '*' and `skipped` says why)."""
         return Counter(s.reason for s in self.skipped)
 
     # ---------------------------------------------------------------- items
-    def view(self, i: int) -> ProteinView:
+    def view(self, i: int, window: random.Random | None = None) -> ProteinView:
+        """Protein i with its residue graph. A chain longer than `max_residues` comes as one window of it
+        (drawn with `window`; the first window without) with the graph built on that window."""
         it = self.items[i]
         g = it["graph"]
         data = None
+        if g is not None and len(it["sequence"]) > self.max_residues:
+            return self._window(it, window)
         if g is not None:
             data = Data(
                 x=g["x"],
@@ -338,6 +372,22 @@ class ProteinDataModule(pl.LightningDataModule):
                 num_nodes=g["x"].shape[0],
             )
         return ProteinView(it["id"], it["sequence"], data)
+
+    def _window(self, it: dict[str, Any], rng: random.Random | None) -> ProteinView:
+        g = it["graph"]
+        nodes = Data(
+            x=g["x"],
+            pos=g["pos"],
+            residue_pos=g["seq_index"],
+            edge_index=torch.empty((2, 0), dtype=torch.long),  # stored without edges: built below
+            edge_type=torch.empty(0, dtype=torch.long),
+            num_nodes=g["x"].shape[0],
+        )
+        cut = crop_view(ProteinView(it["id"], it["sequence"], nodes), self.max_residues, rng or _First())
+        cut.graph.edge_index, cut.graph.edge_type = window_edges(
+            cut.graph.pos, cut.graph.residue_pos, self.settings
+        )
+        return cut
 
     def limit(self, v: ProteinView, rng: random.Random | None) -> ProteinView:
         """At most `max_residues` sequence positions: a random window (rng) or the first one (None)."""

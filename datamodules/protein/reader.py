@@ -24,12 +24,18 @@ import csv
 import gzip
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from plexlab.datamodules.errors import DataError, first_line
+from plexlab.datamodules.protein.formats import (
+    complete_atom_site,
+    fill_blank_elements,
+    read_bytes,
+    sniff_format,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,21 +114,12 @@ def guess_pdb_id(name: str, file_name: str) -> str:
 def _load(path: Path):
     import gemmi
 
-    try:
-        if path.stat().st_size == 0:
-            raise DataError(path, "empty file")
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:  # read once ourselves: a truncated gzip gives a clear error
-                data = fh.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(path, f"cannot read: {exc}") from exc
-    if not data.strip():
-        raise DataError(path, "empty file")
-    text = data.decode("latin-1")
-    lower = path.name.lower().removesuffix(".gz")
-    if not lower.endswith((".cif", ".mmcif")):
+    data = read_bytes(path)
+    fmt = sniff_format(path, data)
+    text = data.decode("latin-1").removeprefix(
+        "\u00ef\u00bb\u00bf"
+    )  # a UTF-8 byte-order mark, read as latin-1
+    if fmt == "pdb":
         lines = text.rstrip("\n").splitlines()
         last = lines[-1] if lines else ""
         prev = next((ln for ln in reversed(lines[:-1]) if ln.startswith(("ATOM", "HETATM"))), "")
@@ -130,12 +127,17 @@ def _load(path: Path):
         if last.startswith(("ATOM", "HETATM")) and cut:
             # a coordinate record cut short: the file was truncated (gemmi would silently keep the rest)
             raise DataError(path, f"truncated: line {len(lines)} is an incomplete {last[:6].strip()} record")
+        text = fill_blank_elements(text)
     try:
-        if lower.endswith((".cif", ".mmcif")):
+        if fmt == "mmcif":
             doc = gemmi.cif.read_string(text)
-            st = gemmi.make_structure_from_block(doc.sole_block())
+            block = doc.sole_block()
+            complete_atom_site(path, block)
+            st = gemmi.make_structure_from_block(block)
         else:
             st = gemmi.read_pdb_string(text)
+    except DataError:
+        raise
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with a message naming the line
         raise DataError(path, f"cannot parse: {first_line(exc)}") from exc
     if len(st) == 0 or sum(len(ch) for ch in st[0]) == 0:
@@ -221,6 +223,8 @@ def read_structure(
             )
         else:
             records.append(rec)
+    if wanted is None and not records:  # the file itself gave nothing: say why, once per file
+        skips.append(ChainSkip(src, "*", "no protein chain", _why_no_protein(model, skips)))
     if wanted is not None:
         for name in sorted(wanted - seen):
             skips.append(
@@ -232,6 +236,16 @@ def read_structure(
                 )
             )
     return records, skips
+
+
+def _why_no_protein(model, skips: list[ChainSkip]) -> str:
+    """One line on what a file without a usable protein chain holds instead."""
+    if skips:
+        return "chains rejected: " + ", ".join(f"{s.chain} {s.reason}" for s in skips[:6])
+    names = Counter(res.name for ch in model for res in ch)
+    listed = ", ".join(f"{n} {name}" for name, n in names.most_common(4))
+    more = f" and {len(names) - 4} other kinds" if len(names) > 4 else ""
+    return f"only waters, ligands or ions ({listed}{more})"
 
 
 def _is_residue_of_polymer(name: str) -> bool:

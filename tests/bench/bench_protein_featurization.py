@@ -2,11 +2,16 @@
 
 Goes through the protein data module's own path: `ProteinDataModule(path=<folder>, cache_dir=<fresh dir>)`
 then `setup("fit")` (read with gemmi, featurize each chain's residue graph, write one `.pt` per file to the
-cache; warm: hash each file, load its cache entry). Cold runs use a new cache folder each time; warm runs
-reuse the last one with a new data module. Also times the cold stages per file (read, featurize, write) to
-show what limits it. The input is the shared folder of 70 real structure files (`proteins/structures`).
+cache; warm: hash each file, load its cache entry). Cold runs use a new cache folder each time, once with
+one featurizing process (`featurize_workers=1`) and once with the pool (`--workers`, default: the CPUs this
+process may use), alternating within each repetition so both see the same machine load; the speed-up is
+the ratio of their medians (a machine busy with other sessions cannot show it: Linux's autogroup
+scheduling gives each session one share of the CPUs however many processes it runs, so the CPU seconds of
+this process and of the workers are printed too, to show how the work divides). Warm runs reuse the last
+cache with a new data module. Also times the cold stages per file (read, featurize, write) to show what
+limits it. The input is the shared folder of 70 real structure files (`proteins/structures`).
 
-    .venv/bin/python tests/bench/bench_protein_featurization.py [--quick] [--reps 3] [--path DIR]
+    .venv/bin/python tests/bench/bench_protein_featurization.py [--quick] [--reps 3] [--workers N]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -25,14 +31,25 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("PLEXLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def setup_once(path: Path, cache: Path) -> tuple[float, int, int]:
-    """Seconds for one data module's setup("fit"), and the structure files and chains it saw."""
+CPU: dict[str, list[float]] = {"parent": [], "workers": []}
+
+
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def setup_once(path: Path, cache: Path, workers: int | None = None) -> tuple[float, int, int]:
+    """Seconds for one data module's setup("fit"), and the structure files and chains it saw. The CPU
+    seconds of this process and of its (finished) worker processes go to CPU, to show how work divides."""
     from plexlab.datamodules.protein.datamodule import ProteinDataModule
 
-    start = time.perf_counter()
-    dm = ProteinDataModule(path=str(path), cache_dir=str(cache))
+    start, parent, children = time.perf_counter(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    dm = ProteinDataModule(path=str(path), cache_dir=str(cache), featurize_workers=workers)
     dm.setup("fit")
     seconds = time.perf_counter() - start
+    CPU["parent"].append(_cpu(resource.RUSAGE_SELF) - parent)
+    CPU["workers"].append(_cpu(resource.RUSAGE_CHILDREN) - children)
     return seconds, dm.cache.hits + dm.cache.misses, len(dm.items)
 
 
@@ -75,26 +92,38 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--path", default=str(DATA / "proteins" / "structures"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--workers", type=int, default=None, help="pool size (default: CPU affinity)")
     args = parser.parse_args()
     reps = args.reps or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
     path = Path(args.path)
 
-    cold, warm, loads = [], [], []
+    from plexlab.datamodules.protein.graph import default_workers
+
+    workers = args.workers or default_workers()
+    cold1, cold, warm, loads = [], [], [], []
     files = chains = 0
     for rep in range(reps):
+        seconds, files, chains = setup_once(path, Path(tempfile.mkdtemp(prefix="protein_bench_cache_")), 1)
+        cold1.append(seconds)
         cache = Path(tempfile.mkdtemp(prefix="protein_bench_cache_"))
-        seconds, files, chains = setup_once(path, cache)
+        seconds, files, chains = setup_once(path, cache, workers)
         cold.append(seconds)
         for _ in range(2):
             seconds, _, _ = setup_once(path, cache)
             warm.append(seconds)
         loads.append(os.getloadavg()[0])
-        print(f"rep {rep}: cold {cold[-1]:.2f} s, warm {warm[-2]:.3f} / {warm[-1]:.3f} s", flush=True)
+        p, k = CPU["parent"], CPU["workers"]
+        print(
+            f"rep {rep}: cold 1 worker {cold1[-1]:.2f} s (CPU {p[-4]:.1f} s), cold {workers} workers "
+            f"{cold[-1]:.2f} s (CPU: this process {p[-3]:.1f} s, workers {k[-3]:.1f} s), "
+            f"warm {warm[-2]:.3f} / {warm[-1]:.3f} s",
+            flush=True,
+        )
     parts = stages(path)
 
-    c, w = statistics.median(cold), statistics.median(warm)
+    c1, c, w = statistics.median(cold1), statistics.median(cold), statistics.median(warm)
     size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
     print(
         f"\nProtein featurization, {files} structure files ({size:.1f} MiB gzipped, {chains} chains kept), "
@@ -103,13 +132,15 @@ def main() -> None:
     print("| cache | seconds (70 files) | structures/s | chains/s | load (1 min) |")
     print("|---|---|---|---|---|")
     lo = f"{min(loads):.1f}-{max(loads):.1f}"
-    print(f"| cold | {c:.2f} | {files / c:.1f} | {chains / c:.1f} | {lo} |")
+    print(f"| cold, 1 worker | {c1:.2f} | {files / c1:.1f} | {chains / c1:.1f} | {lo} |")
+    print(f"| cold, {workers} workers | {c:.2f} | {files / c:.1f} | {chains / c:.1f} | {lo} |")
     print(f"| warm | {w:.3f} | {files / w:.1f} | {chains / w:.1f} | {lo} |")
     print(
         f"\nCold stages (one pass, summed over files): hash {parts['hash']:.2f} s, read (gemmi) "
         f"{parts['read']:.2f} s, featurize {parts['featurize']:.2f} s, write {parts['write']:.2f} s; "
         f"slowest file {parts['slowest_file']} ({parts['read_slowest']:.2f} s read+featurize)."
     )
+    print(f"Cold speed-up with {workers} workers: {c1 / c:.2f}x (target >= 1.8x on 2 cores).")
     print("Target: >= 200 structures/s warm.")
 
 
