@@ -1,17 +1,29 @@
 """Row readers for AnnData (`.h5ad`) and MuData (`.h5mu`) files, in memory or backed, validated up front.
 
-The files are read through `h5py` and `anndata.io` element readers rather than `anndata.read_h5ad`, so
-one code path serves both formats, every layer and every `obsm` matrix, in memory or backed:
+Every on-disk layout `anndata.read_h5ad` reads is accepted:
+
+- current (anndata >= 0.8): `encoding-type` attributes everywhere, categoricals as `categories`/`codes`.
+- 0.7-era: data frames at `encoding-version` 0.1.0, a categorical column stored as integer codes that
+  refer to `<obs|var>/__categories/<column>`.
+- pre-0.7: `obs`/`var` as one structured array (the first field is the index), categorical names in
+  `uns/<column>_categories`, sparse matrices tagged `h5sparse_format`, `obsm` as one structured array.
+
+Tables (obs, var) go through anndata's own element reader (`anndata.io.read_elem`), which decodes the 0.7
+and current encodings and the structured arrays; categorical columns come back as names, never codes.
+Matrices are opened per element rather than with `anndata.read_h5ad(backed="r")`, which would load every
+layer and `obsm` matrix into memory; so one code path serves both formats, every layer and every `obsm`
+matrix, in memory or backed:
 
 - in memory: each selected matrix is loaded once as it is stored (scipy CSR/CSC stays sparse, dense
   stays dense); a batch densifies only its own rows.
-- backed: nothing but the obs tables is loaded; a batch reads its rows from the HDF5 file in one call,
-  with the row indices sorted and de-duplicated (one read per batch, not one per cell), then restores
-  the order.
+- backed: nothing but the obs/var tables is loaded; a batch reads its rows from the HDF5 file in one call
+  (anndata's `sparse_dataset` for sparse matrices), with the row indices sorted and de-duplicated (one
+  read per batch, not one per cell), then restores the order.
 
 A modality of an `.h5mu` file is `mod/<name>`; of an `.h5ad` file, `X` is the main matrix and any other
 name is an `obsm` key (e.g. the protein counts of an scvi-style CITE-seq `.h5ad`). Every problem found is
-a one-line `DataError` naming the file and the key.
+a one-line `DataError` naming the file and the key, and, where a setting would fix it, the setting.
+Passes over the whole file (validation, statistics) show a progress bar on a terminal, nothing otherwise.
 """
 
 from __future__ import annotations
@@ -20,53 +32,177 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata import OldFormatWarning
 from anndata.io import read_elem, sparse_dataset, write_elem
 from plexlab.datamodules.errors import DataError
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 2048
+PROGRESS_DELAY_S = 2.0  # a pass shorter than this never shows a bar
+SUFFIXES = {".h5ad": "AnnData", ".h5mu": "MuData"}
 
 
-def _encoding(node: h5py.Group | h5py.Dataset) -> str:
-    enc = node.attrs.get("encoding-type", "array" if isinstance(node, h5py.Dataset) else "")
-    return enc.decode() if isinstance(enc, bytes) else str(enc)
+@contextmanager
+def _legacy_quiet() -> Iterator[None]:
+    """Old layouts are read on purpose: anndata's OldFormatWarning per element would only add noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OldFormatWarning)
+        yield
+
+
+def progress(total: int, what: str, unit: str) -> tqdm:
+    """A progress bar on a terminal (stderr a TTY) for passes longer than PROGRESS_DELAY_S; silent
+    otherwise."""
+    return tqdm(
+        total=total,
+        desc=what,
+        unit=unit,
+        unit_scale=True,
+        leave=False,
+        disable=None,
+        delay=PROGRESS_DELAY_S,
+        dynamic_ncols=True,
+    )
+
+
+def _as_names(values: object) -> np.ndarray:
+    """Names as an object array of Python str: messages show 'cell3', never np.str_('cell3')."""
+    return np.array([str(v) for v in np.asarray(values)], dtype=object)
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """Open an `.h5ad`/`.h5mu` for reading; DataError when it is missing, not HDF5 or truncated."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(path, f"unsupported file type {suffix!r} (expected .h5ad or .h5mu)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text:
+            why = "truncated HDF5 file (an interrupted download or copy?)"
+        elif "signature" in text:
+            why = f"not an HDF5 file; an {SUFFIXES[suffix]} {suffix} file is HDF5"
+        else:
+            why = f"not a readable HDF5 file ({text})"
+        raise DataError(path, why) from exc
+
+
+def _check_kind(path: Path, h5: h5py.File) -> bool:
+    """True for a MuData file; DataError when the contents and the file name disagree."""
+    enc = _attr(h5, "encoding-type").lower()
+    has_mod = isinstance(h5.get("mod"), h5py.Group)
+    is_mudata = has_mod or enc == "mudata"
+    named_mudata = path.suffix.lower() == ".h5mu"
+    if is_mudata and not named_mudata:
+        mods = sorted(h5["mod"].keys()) if has_mod else []
+        raise DataError(path, f"a MuData file (modalities {mods}) named .h5ad; rename it to .h5mu")
+    if named_mudata and not is_mudata:
+        kind = "an AnnData file" if "X" in h5 or "obs" in h5 else "not a MuData file"
+        raise DataError(path, f"{kind} (no 'mod' group of modalities) named .h5mu; rename it to .h5ad")
+    if "obs" not in h5:
+        raise DataError(path, "obs: missing (not an AnnData/MuData file?)")
+    return is_mudata
+
+
+def default_modalities(path: str | Path) -> list[str]:
+    """The modalities a file offers: MuData's `mod-order` (else its `mod` keys), or `X` for AnnData."""
+    path = Path(path)
+    with open_hdf5(path) as h5:
+        if not _check_kind(path, h5):
+            return ["X"]
+        have = list(h5["mod"].keys())
+        order = h5["mod"].attrs.get("mod-order")
+        names = (
+            [m.decode() if isinstance(m, bytes) else str(m) for m in order]
+            if order is not None
+            else sorted(have)
+        )
+        missing = [m for m in names if m not in have]
+        if missing:
+            raise DataError(path, f"mod: mod-order lists {missing[0]!r}, which the file lacks (has {have})")
+        if not names:
+            raise DataError(path, "mod: no modalities")
+        return names
+
+
+def _attr(node: h5py.HLObject, name: str) -> str:
+    value = node.attrs.get(name, "")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _matrix_layout(node: h5py.Group | h5py.Dataset) -> tuple[str, tuple[int, ...]] | None:
+    """('csr' | 'csc' | 'dense', shape) of a stored matrix in any anndata layout; None if not a matrix."""
+    attrs = node.attrs
+    enc = _attr(node, "encoding-type")
+    if isinstance(node, h5py.Group):
+        if enc in ("csr_matrix", "csc_matrix"):
+            fmt, shape = enc[:3], attrs.get("shape")
+        elif "h5sparse_format" in attrs:  # pre-0.7 sparse
+            fmt, shape = _attr(node, "h5sparse_format"), attrs.get("h5sparse_shape")
+        else:
+            return None
+        if (
+            fmt not in ("csr", "csc")
+            or shape is None
+            or any(k not in node for k in ("data", "indices", "indptr"))
+        ):
+            return None
+        return fmt, tuple(int(s) for s in shape)
+    if node.ndim == 2 and node.dtype.names is None and node.dtype.kind in "biuf":
+        return "dense", tuple(int(s) for s in node.shape)
+    return None
 
 
 class MatrixSource:
     """One cells x features matrix in the file (X, a layer or an obsm entry); reads rows as dense float32.
 
-    `rows` are positions in the file's own cell order; `order` (optional) maps the data module's cell order
-    onto
-    them, so modalities stored in different cell orders are aligned without copying.
+    `key` is the HDF5 path; `field` names the entry of a pre-0.7 `obsm` (one structured array, read into
+    memory: such entries are small embeddings).
     """
 
-    def __init__(self, path: Path, key: str, backed: bool) -> None:
+    def __init__(self, path: Path, key: str, backed: bool, field: str | None = None) -> None:
         self.path = path
-        self.key = key
+        self.key = key if field is None else f"{key}/{field}"
+        self._node_key = key
         self.backed = backed
         self._file: h5py.File | None = None
         self._mem: np.ndarray | sp.spmatrix | None = None
         node = self.file[key]
-        self.encoding = _encoding(node)
-        if self.encoding in ("csr_matrix", "csc_matrix"):
-            self.shape = tuple(int(s) for s in node.attrs["shape"])
-        elif isinstance(node, h5py.Dataset) and node.ndim == 2:
-            self.shape = tuple(int(s) for s in node.shape)
-        else:
-            raise DataError(path, f"{key}: expected a 2-D matrix (dense or CSR/CSC), found {self.encoding!r}")
-        if self.encoding == "csc_matrix" and backed:
+        if field is not None:
+            values = np.asarray(node[field], dtype=np.float32)
+            if values.ndim != 2:
+                raise DataError(path, f"{self.key}: expected a 2-D matrix, found shape {values.shape}")
+            self.format, self.shape, self._mem = "dense", values.shape, values
+            return
+        layout = _matrix_layout(node)
+        if layout is None:
+            enc = node.attrs.get("encoding-type", type(node).__name__)
+            raise DataError(path, f"{key}: expected a 2-D matrix (dense or CSR/CSC), found {str(enc)!r}")
+        self.format, self.shape = layout
+        if self.format == "csc" and backed:
             log.warning("%s: %s is CSC; backed row reads from CSC are slow (store it as CSR)", path, key)
         if not backed:
-            mat = read_elem(node)
+            with _legacy_quiet():
+                mat = self._guarded(read_elem, node)
             self._mem = mat.tocsr() if sp.issparse(mat) else np.asarray(mat)
+
+    @property
+    def sparse(self) -> bool:
+        return self.format in ("csr", "csc")
 
     @property
     def file(self) -> h5py.File:
@@ -85,6 +221,13 @@ class MatrixSource:
             self._file.close()
             self._file = None
 
+    def _guarded(self, read: Callable, *args: object) -> object:
+        """HDF5 read errors (a damaged file) as one line naming the key."""
+        try:
+            return read(*args)
+        except OSError as exc:
+            raise DataError(self.path, f"{self.key}: cannot read ({str(exc).splitlines()[0]})") from exc
+
     def read(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
         """Dense float32 rows (in the order given), optionally only some columns."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -92,10 +235,9 @@ class MatrixSource:
         if self._mem is not None:
             block = self._mem[uniq]
         else:
-            node = self.file[self.key]
-            block = (
-                sparse_dataset(node)[uniq] if self.encoding in ("csr_matrix", "csc_matrix") else node[uniq]
-            )
+            node = self.file[self._node_key]
+            with _legacy_quiet():
+                block = self._guarded(lambda: sparse_dataset(node)[uniq] if self.sparse else node[uniq])
         if cols is not None:
             block = block[:, cols]
         dense = block.toarray() if sp.issparse(block) else np.asarray(block)
@@ -107,55 +249,80 @@ class MatrixSource:
         for start in range(0, self.shape[0], chunk_rows):
             yield start, self.read(np.arange(start, min(start + chunk_rows, self.shape[0])))
 
-    def check_values(self, require_counts: bool, cell_names: np.ndarray) -> None:
-        """Raise DataError on NaN/inf, or on negative or non-integer values where counts are required."""
-        node = self.file[self.key]
-        if self.encoding in ("csr_matrix", "csc_matrix"):
-            data = node["data"]
-            for start in range(0, data.shape[0], 1 << 22):
-                values = data[start : start + (1 << 22)]
-                bad = self._bad_values(values, require_counts)
-                if bad is not None:
-                    pos, problem = bad
-                    row = self._row_of(start + pos)
-                    raise DataError(self.path, f"{self.key}: {problem} at {self._cell(row, cell_names)}")
-        else:
+    def check_values(
+        self, require_counts: bool, cell_names: np.ndarray, nan_fix: str = "", counts_fix: str = ""
+    ) -> None:
+        """Raise DataError on NaN/inf, or on negative or non-integer values where counts are required;
+        the message ends with `nan_fix` or `counts_fix`, the settings that would help."""
+        fix = (nan_fix, counts_fix)
+        if self.sparse and self._mem is None:
+            data = self.file[self._node_key]["data"]
+            step = 1 << 22
+            with progress(data.shape[0], f"checking {self.key}", "values") as bar:
+                for start in range(0, data.shape[0], step):
+                    values = self._guarded(lambda s=start: data[s : s + step])
+                    self._raise_on_bad(
+                        values, require_counts, cell_names, fix, lambda p, s=start: self._row_of(s + p)
+                    )
+                    bar.update(len(values))
+            return
+        if self._mem is not None and sp.issparse(self._mem):
+            csr = self._mem
+            self._raise_on_bad(
+                csr.data,
+                require_counts,
+                cell_names,
+                fix,
+                lambda p: int(np.searchsorted(csr.indptr, p, side="right") - 1),
+            )
+            return
+        with progress(self.shape[0], f"checking {self.key}", "cells") as bar:
             for start, block in self.chunks():
-                bad = self._bad_values(block.ravel(), require_counts)
-                if bad is not None:
-                    pos, problem = bad
-                    row = start + pos // self.shape[1]
-                    raise DataError(self.path, f"{self.key}: {problem} at {self._cell(row, cell_names)}")
+                self._raise_on_bad(
+                    block.ravel(), require_counts, cell_names, fix, lambda p, s=start: s + p // self.shape[1]
+                )
+                bar.update(block.shape[0])
 
-    @staticmethod
-    def _bad_values(values: np.ndarray, require_counts: bool) -> tuple[int, str] | None:
+    def _raise_on_bad(
+        self,
+        values: np.ndarray,
+        require_counts: bool,
+        cell_names: np.ndarray,
+        fix: tuple[str, str],
+        row_of: Callable[[int], int],
+    ) -> None:
         values = np.asarray(values)
         finite = np.isfinite(values)
+        problem, pos, hint = "", 0, ""
         if not finite.all():
             pos = int(np.argmin(finite))
-            return pos, f"{'NaN' if np.isnan(values[pos]) else 'infinite'} value"
-        if require_counts:
+            problem = f"{'NaN' if np.isnan(values[pos]) else 'infinite'} value"
+            hint = fix[0]
+        elif require_counts:
             neg = values < 0
-            if neg.any():
-                pos = int(np.argmax(neg))
-                return pos, f"negative count {values[pos]:g} (counts are required)"
             frac = values != np.round(values)
-            if frac.any():
-                pos = int(np.argmax(frac))
-                return pos, f"non-integer count {values[pos]:g} (counts are required; choose a counts layer)"
-        return None
+            if neg.any():
+                pos, problem = int(np.argmax(neg)), "negative count"
+            elif frac.any():
+                pos, problem = int(np.argmax(frac)), "non-integer count"
+            if problem:
+                problem = f"{problem} {float(values[pos]):g}"
+                hint = fix[1]
+        if problem:
+            where = self._cell(int(row_of(pos)), cell_names)
+            raise DataError(self.path, f"{self.key}: {problem} at {where}" + (f"; {hint}" if hint else ""))
 
     def _row_of(self, data_pos: int) -> int:
-        node = self.file[self.key]
+        node = self.file[self._node_key]
         indptr = node["indptr"][:]
         outer = int(np.searchsorted(indptr, data_pos, side="right") - 1)
-        if self.encoding == "csr_matrix":
+        if self.format == "csr":
             return outer
         return int(node["indices"][data_pos])  # CSC: the stored index is the row
 
     @staticmethod
     def _cell(row: int, cell_names: np.ndarray) -> str:
-        name = str(cell_names[row]) if row < len(cell_names) else "?"  # str: numpy 2 reprs np.str_('x')
+        name = str(cell_names[row]) if row < len(cell_names) else "?"
         return f"cell {name!r} (row {row})"
 
 
@@ -164,83 +331,140 @@ class SingleCellFile:
 
     def __init__(self, path: str | Path, modalities: list[str], layers: dict[str, str], backed: bool) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(self.path, "file not found")
-        suffix = self.path.suffix.lower()
-        if suffix not in (".h5ad", ".h5mu"):
-            raise DataError(self.path, f"unsupported file type {suffix!r} (expected .h5ad or .h5mu)")
-        self.is_mudata = suffix == ".h5mu"
-        try:
-            self.h5 = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DataError(self.path, f"not a readable HDF5 file ({exc})") from exc
+        self.h5 = open_hdf5(self.path)
+        self.is_mudata = _check_kind(self.path, self.h5)
+        self._tables: dict[str, pd.DataFrame] = {}
+        self._name_cache: dict[str, np.ndarray] = {}
         self.modalities = list(modalities)
+        self.layers = dict(layers)
         unknown = [m for m in layers if m not in self.modalities]
         if unknown:
             raise DataError(
                 self.path, f"layers: {unknown[0]!r} is not one of the chosen modalities {modalities}"
             )
-        self.obs_names = self._index("obs")
+        self.obs_names = self._names("obs")
         self.sources: dict[str, MatrixSource] = {}
         self.var_names: dict[str, np.ndarray] = {}
         self.order: dict[str, np.ndarray | None] = {}
         for mod in self.modalities:
-            key = self._matrix_key(mod, layers.get(mod))
-            src = MatrixSource(self.path, key, backed)
+            key, field = self._matrix_key(mod, layers.get(mod))
+            src = MatrixSource(self.path, key, backed, field)
             self.sources[mod] = src
             self.var_names[mod] = self._var_names(mod, src.shape[1])
         self._align_cells()
 
-    # ---- structure -------------------------------------------------------------------------------------
-    def _index(self, group: str) -> np.ndarray:
+    # ---- tables ----------------------------------------------------------------------------------------
+    def table(self, group: str) -> pd.DataFrame:
+        """obs/var (of the file or of a MuData modality) as anndata reads it, in any layout; cached."""
+        if group in self._tables:
+            return self._tables[group]
         if group not in self.h5:
             raise DataError(self.path, f"{group}: missing (not an AnnData/MuData file?)")
         node = self.h5[group]
-        index_key = node.attrs.get("_index", "_index")
-        index_key = index_key.decode() if isinstance(index_key, bytes) else index_key
-        if index_key not in node:
-            raise DataError(self.path, f"{group}: no index")
-        return np.asarray(read_elem(node[index_key])).astype(str)
+        try:
+            with _legacy_quiet():
+                value = read_elem(node)
+        except Exception as exc:  # whatever anndata cannot decode, said in one line
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(self.path, f"{group}: cannot read this table ({msg})") from exc
+        if isinstance(node, h5py.Dataset):
+            value = self._pre07_table(group, value)
+        if not isinstance(value, pd.DataFrame):
+            raise DataError(self.path, f"{group}: not a data frame (found {type(value).__name__})")
+        self._tables[group] = value
+        return value
 
-    def _matrix_key(self, mod: str, layer: str | None) -> str:
+    def _pre07_table(self, group: str, rec: np.ndarray) -> pd.DataFrame:
+        """A pre-0.7 structured array: first field the index, categorical codes named by
+        uns/<column>_categories (as anndata's own `_clean_uns` does it)."""
+        if rec.dtype.names is None:
+            raise DataError(self.path, f"{group}: neither a data frame nor a structured array")
+        index, *columns = rec.dtype.names
+        df = pd.DataFrame({c: rec[c] for c in columns}, index=pd.Index(_as_names(rec[index])))
+        uns_root = group.rsplit("/", 1)[0] + "/uns" if "/" in group else "uns"
+        uns = self.h5.get(uns_root)
+        for col in columns:
+            key = f"{col}_categories"
+            if not isinstance(uns, h5py.Group) or key not in uns or df[col].dtype.kind not in "iu":
+                continue
+            with _legacy_quiet():
+                cats = read_elem(uns[key])
+            cats = [cats] if np.ndim(cats) == 0 else list(cats)
+            cats = [c.decode() if isinstance(c, bytes) else c for c in cats]
+            codes = df[col].to_numpy()
+            if codes.size and (codes.max() >= len(cats) or codes.min() < -1):
+                raise DataError(
+                    self.path,
+                    f"{group}/{col}: codes up to {int(codes.max())} for {len(cats)} names "
+                    f"in {uns_root}/{key}",
+                )
+            df[col] = pd.Categorical.from_codes(codes, cats)
+        return df
+
+    def _names(self, group: str) -> np.ndarray:
+        if group not in self._name_cache:
+            self._name_cache[group] = _as_names(self.table(group).index)
+        return self._name_cache[group]
+
+    def _columns(self, group: str) -> list[str]:
+        return [str(c) for c in self.table(group).columns] if group in self.h5 else []
+
+    # ---- structure -------------------------------------------------------------------------------------
+    def _matrix_key(self, mod: str, layer: str | None) -> tuple[str, str | None]:
         if self.is_mudata:
-            if "mod" not in self.h5 or mod not in self.h5["mod"]:
-                have = sorted(self.h5["mod"].keys()) if "mod" in self.h5 else []
-                raise DataError(self.path, f"modality {mod!r} not found (modalities: {have})")
+            have = list(self.h5["mod"].keys())
+            if mod not in have:
+                raise DataError(
+                    self.path, f"modality {mod!r} not found (modalities: {have}); set data.modalities"
+                )
             base = f"mod/{mod}"
         else:
             if mod != "X":
-                obsm = sorted(self.h5["obsm"].keys()) if "obsm" in self.h5 else []
-                if mod not in obsm:
+                obsm = self.h5.get("obsm")
+                if isinstance(obsm, h5py.Dataset):  # pre-0.7: one structured array, a field per key
+                    keys = list(obsm.dtype.names or [])
+                    field: str | None = mod
+                else:
+                    keys, field = (sorted(obsm.keys()) if obsm is not None else []), None
+                if mod not in keys:
                     raise DataError(
-                        self.path, f"modality {mod!r}: not 'X' and not an obsm key (obsm: {obsm})"
+                        self.path,
+                        f"modality {mod!r}: not 'X' and not an obsm key (obsm: {keys}); set data.modalities",
                     )
                 if layer:
                     raise DataError(self.path, f"layers: obsm modality {mod!r} has no layers")
-                return f"obsm/{mod}"
+                return ("obsm", field) if field else (f"obsm/{mod}", None)
             base = ""
         if layer:
             layer_group = f"{base}/layers".lstrip("/")
             have = sorted(self.h5[layer_group].keys()) if layer_group in self.h5 else []
             if layer not in have:
                 where = f"modality {mod!r}" if self.is_mudata else "the AnnData"
-                raise DataError(self.path, f"layer {layer!r} not found in {where} (layers: {have})")
-            return f"{layer_group}/{layer}"
+                raise DataError(
+                    self.path,
+                    f"layer {layer!r} not found in {where} (layers: {have}); set data.layers "
+                    f"to one of them, or leave {mod!r} out of it to read X",
+                )
+            return f"{layer_group}/{layer}", None
         key = f"{base}/X".lstrip("/")
         if key not in self.h5:
-            raise DataError(self.path, f"{key}: missing matrix")
-        return key
+            layer_group = f"{base}/layers".lstrip("/")
+            have = sorted(self.h5[layer_group].keys()) if layer_group in self.h5 else []
+            raise DataError(
+                self.path, f"{key}: missing matrix; choose a layer with data.layers (layers: {have})"
+            )
+        return key, None
 
     def _var_names(self, mod: str, n_vars: int) -> np.ndarray:
         if self.is_mudata:
-            names = self._index(f"mod/{mod}/var")
+            names = self._names(f"mod/{mod}/var")
         elif mod == "X":
-            names = self._index("var")
+            names = self._names("var")
         else:
-            node = self.h5[f"obsm/{mod}"]
-            if _encoding(node) == "dataframe":
+            node = self.h5["obsm"] if isinstance(self.h5["obsm"], h5py.Dataset) else self.h5[f"obsm/{mod}"]
+            if str(node.attrs.get("encoding-type", "")) == "dataframe":
                 raise DataError(self.path, f"obsm/{mod}: data frames are not supported; store a matrix")
-            names = np.array([f"{mod}_{i}" for i in range(n_vars)])
+            names = np.array([f"{mod}_{i}" for i in range(n_vars)], dtype=object)
         if len(names) != n_vars:
             raise DataError(self.path, f"modality {mod!r}: {len(names)} feature names for {n_vars} columns")
         return names
@@ -251,7 +475,7 @@ class SingleCellFile:
         ref_names: np.ndarray | None = None
         ref_mod = ""
         for mod in self.modalities:
-            names = self._index(f"mod/{mod}/obs") if self.is_mudata else self.obs_names
+            names = self._names(f"mod/{mod}/obs") if self.is_mudata else self.obs_names
             n_rows = self.sources[mod].shape[0]
             if len(names) != n_rows:
                 raise DataError(
@@ -287,7 +511,9 @@ class SingleCellFile:
 
     # ---- obs columns -----------------------------------------------------------------------------------
     def obs_column(self, key: str) -> pd.Series:
-        """An obs column aligned to the cell order; `key` may be global or `<modality>:<column>` (MuData)."""
+        """An obs column aligned to the cell order; `key` may be global or `<modality>:<column>` (MuData).
+
+        Categorical columns come back as their names, in every layout."""
         groups: list[tuple[str, str, np.ndarray | None]] = [("obs", key, None)]
         if self.is_mudata and ":" in key:
             mod, col = key.split(":", 1)
@@ -297,9 +523,8 @@ class SingleCellFile:
             for mod in self.modalities:
                 groups.append((f"mod/{mod}/obs", key, self._mod_order(mod)))
         for group, col, order in groups:
-            if group in self.h5 and col in self.h5[group]:
-                values = read_elem(self.h5[group][col])
-                series = pd.Series(np.asarray(values) if not isinstance(values, pd.Categorical) else values)
+            if group in self.h5 and col in self._columns(group):
+                series = self.table(group)[col].reset_index(drop=True)
                 if group == "obs" and not np.array_equal(self.obs_names, self.cell_names):
                     # the global obs of a MuData is indexed by its own (union) cell names
                     series.index = self.obs_names
@@ -307,26 +532,35 @@ class SingleCellFile:
                 elif order is not None:
                     series = series.iloc[order]
                 return series.reset_index(drop=True)
-        cols = sorted(self.h5["obs"].keys()) if "obs" in self.h5 else []
-        cols = [c for c in cols if c != "_index"]
-        raise DataError(self.path, f"obs key {key!r} not found (obs columns: {cols[:20]})")
+        raise DataError(self.path, f"obs key {key!r} not found (obs columns: {self._columns('obs')[:20]})")
+
+    def library_sizes(self, key: str) -> np.ndarray:
+        """Positive per-cell library sizes from obs column `key` (the `library_size_key` setting)."""
+        lib = pd.to_numeric(self.obs_column(key), errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(lib) | (lib <= 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            value = "missing or not a number" if np.isnan(lib[i]) else f"{lib[i]:g}"
+            raise DataError(
+                self.path,
+                f"obs key {key!r}: library size {value} at cell {self.cell_names[i]!r}; library_size_key "
+                "must name positive total counts per cell (leave it out to sum the counts)",
+            )
+        return lib
 
     def var_column(self, mod: str, key: str) -> pd.Series:
         """A var (feature) column of a modality, in the matrix's column order."""
         group = f"mod/{mod}/var" if self.is_mudata else ("var" if mod == "X" else "")
-        if not group or group not in self.h5 or key not in self.h5[group]:
-            have = []
-            if group and group in self.h5:
-                have = sorted(k for k in self.h5[group].keys() if k != "_index")
+        have = self._columns(group) if group else []
+        if key not in have:
             raise DataError(
                 self.path,
                 f"var key {key!r} not found for modality {mod!r} (var columns: {have[:20]})",
             )
-        values = read_elem(self.h5[group][key])
-        return pd.Series(values if isinstance(values, pd.Categorical) else np.asarray(values))
+        return self.table(group)[key].reset_index(drop=True)
 
     def _mod_order(self, mod: str) -> np.ndarray | None:
-        names = self._index(f"mod/{mod}/obs")
+        names = self._names(f"mod/{mod}/obs")
         if np.array_equal(names, self.cell_names):
             return None
         return pd.Index(names).get_indexer(self.cell_names)
@@ -339,17 +573,39 @@ class SingleCellFile:
         return self.sources[mod].read(rows, cols)
 
     def chunks(self, mod: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(cell positions, dense block) over all cells of a modality."""
-        for start in range(0, self.n_cells, chunk_rows):
-            cells = np.arange(start, min(start + chunk_rows, self.n_cells))
-            yield cells, self.read(mod, cells)
+        """(cell positions, dense block) over all cells of a modality, with a progress bar on a terminal."""
+        with progress(self.n_cells, f"reading {self.sources[mod].key}", "cells") as bar:
+            for start in range(0, self.n_cells, chunk_rows):
+                cells = np.arange(start, min(start + chunk_rows, self.n_cells))
+                yield cells, self.read(mod, cells)
+                bar.update(len(cells))
 
     def check_values(self, mod: str, require_counts: bool) -> None:
+        """NaN/inf anywhere, and negative or non-integer values where counts are required, as a DataError
+        naming the cell and the settings that would fix it."""
         names = self.cell_names if self.order[mod] is None else self._file_cell_names(mod)
-        self.sources[mod].check_values(require_counts, names)
+        nan_fix, counts_fix = self._fixes(mod)
+        self.sources[mod].check_values(require_counts, names, nan_fix, counts_fix)
+
+    def _fixes(self, mod: str) -> tuple[str, str]:
+        """What to set when a modality holds NaN, or is not the raw counts a setting asked for."""
+        if not self.is_mudata and mod != "X":
+            layer = "store the matrix without them"
+            counts = f"obsm {mod!r} has no layers"
+        else:
+            group = f"mod/{mod}/layers" if self.is_mudata else "layers"
+            have = sorted(self.h5[group].keys()) if group in self.h5 else []
+            others = [x for x in have if x != self.layers.get(mod)]
+            layer = f"choose another layer with data.layers (layers in the file: {others})"
+            counts = f"choose a layer of raw counts with data.layers (layers in the file: {others})"
+        counts += (
+            f", or leave {mod!r} out of data.counts_required (with data.library_size_key for the "
+            "library size from obs)"
+        )
+        return layer, counts
 
     def _file_cell_names(self, mod: str) -> np.ndarray:
-        return self._index(f"mod/{mod}/obs") if self.is_mudata else self.obs_names
+        return self._names(f"mod/{mod}/obs") if self.is_mudata else self.obs_names
 
     def close(self) -> None:
         for src in self.sources.values():
@@ -379,16 +635,19 @@ def write_embedding_copy(
     The copy is written to a temporary file beside `out_path` and renamed into place, so an interrupted write
     never leaves a half-written file. For MuData the embedding goes to the global `obsm`; its rows must match
     the file's global cells; give `cell_names` (the embedding's row names) to reorder them to the file's
-    order.
+    order. A pre-0.7 file (whose `obsm` is one structured array) is rewritten by anndata in the current
+    layout.
     """
     source, out_path = Path(source), Path(out_path)
     if source.resolve() == out_path.resolve():
         raise DataError(out_path, "refusing to overwrite the input file; choose another output path")
     embedding = np.asarray(embedding, dtype=np.float32)
-    with h5py.File(source, "r") as f:
-        idx_key = f["obs"].attrs.get("_index", "_index")
-        idx_key = idx_key.decode() if isinstance(idx_key, bytes) else idx_key
-        obs_names = np.asarray(read_elem(f["obs"][idx_key])).astype(str)
+    with open_hdf5(source) as f:
+        pre07 = isinstance(f["obs"], h5py.Dataset)
+        with _legacy_quiet():
+            obs = read_elem(f["obs"])
+        index = obs.index if isinstance(obs, pd.DataFrame) else obs[obs.dtype.names[0]]
+        obs_names = _as_names(index).astype(str)
     n_obs = len(obs_names)
     if cell_names is not None and embedding.ndim == 2 and len(cell_names) == embedding.shape[0]:
         pos = pd.Index(np.asarray(cell_names).astype(str)).get_indexer(obs_names)
@@ -403,12 +662,20 @@ def write_embedding_copy(
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     os.close(fd)
     try:
-        shutil.copyfile(source, tmp)
-        with h5py.File(tmp, "a") as f:
-            obsm = f.require_group("obsm")
-            if key in obsm:
-                del obsm[key]
-            write_elem(obsm, key, embedding)
+        if pre07:
+            import anndata as ad
+
+            with _legacy_quiet():
+                adata = ad.read_h5ad(source)
+            adata.obsm[key] = embedding
+            adata.write_h5ad(tmp)
+        else:
+            shutil.copyfile(source, tmp)
+            with h5py.File(tmp, "a") as f:
+                obsm = f.require_group("obsm")
+                if key in obsm:
+                    del obsm[key]
+                write_elem(obsm, key, embedding)
         os.replace(tmp, out_path)
     finally:
         if os.path.exists(tmp):
