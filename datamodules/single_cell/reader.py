@@ -335,6 +335,7 @@ class SingleCellFile:
         self.is_mudata = _check_kind(self.path, self.h5)
         self._tables: dict[str, pd.DataFrame] = {}
         self._name_cache: dict[str, np.ndarray] = {}
+        self._unnamed: dict[str, str] = {}  # pre-0.7 categorical columns whose names do not fit
         self.modalities = list(modalities)
         self.layers = dict(layers)
         unknown = [m for m in layers if m not in self.modalities]
@@ -354,60 +355,99 @@ class SingleCellFile:
         self._align_cells()
 
     # ---- tables ----------------------------------------------------------------------------------------
-    def table(self, group: str) -> pd.DataFrame:
-        """obs/var (of the file or of a MuData modality) as anndata reads it, in any layout; cached."""
-        if group in self._tables:
-            return self._tables[group]
+    # obs/var (of the file or of a MuData modality) in any layout, read with anndata's element reader. A
+    # current-layout frame is read column by column, as asked (a 1M-cell obs may hold dozens of columns);
+    # 0.7 and pre-0.7 frames are read whole, as anndata reads them, which resolves their categories.
+
+    def _node(self, group: str) -> h5py.Group | h5py.Dataset:
         if group not in self.h5:
             raise DataError(self.path, f"{group}: missing (not an AnnData/MuData file?)")
-        node = self.h5[group]
+        return self.h5[group]
+
+    def _read(self, group: str, node: h5py.Group | h5py.Dataset) -> object:
         try:
             with _legacy_quiet():
-                value = read_elem(node)
+                return read_elem(node)
         except Exception as exc:  # whatever anndata cannot decode, said in one line
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(self.path, f"{group}: cannot read this table ({msg})") from exc
-        if isinstance(node, h5py.Dataset):
-            value = self._pre07_table(group, value)
-        if not isinstance(value, pd.DataFrame):
-            raise DataError(self.path, f"{group}: not a data frame (found {type(value).__name__})")
-        self._tables[group] = value
-        return value
+            raise DataError(self.path, f"{node.name.lstrip('/')}: cannot read ({msg})") from exc
+
+    def _whole_frame(self, group: str) -> pd.DataFrame | None:
+        """The frame of a 0.7 or pre-0.7 table (cached); None for a current-layout table."""
+        node = self._node(group)
+        if isinstance(node, h5py.Group) and _attr(node, "encoding-version") != "0.1.0":
+            return None
+        if group not in self._tables:
+            value = self._read(group, node)
+            if isinstance(node, h5py.Dataset):
+                value = self._pre07_table(group, value)
+            if not isinstance(value, pd.DataFrame):
+                raise DataError(self.path, f"{group}: not a data frame (found {type(value).__name__})")
+            self._tables[group] = value
+        return self._tables[group]
 
     def _pre07_table(self, group: str, rec: np.ndarray) -> pd.DataFrame:
         """A pre-0.7 structured array: first field the index, categorical codes named by
         uns/<column>_categories (as anndata's own `_clean_uns` does it)."""
-        if rec.dtype.names is None:
+        if getattr(rec, "dtype", None) is None or rec.dtype.names is None:
             raise DataError(self.path, f"{group}: neither a data frame nor a structured array")
         index, *columns = rec.dtype.names
         df = pd.DataFrame({c: rec[c] for c in columns}, index=pd.Index(_as_names(rec[index])))
-        uns_root = group.rsplit("/", 1)[0] + "/uns" if "/" in group else "uns"
-        uns = self.h5.get(uns_root)
+        uns_key = "uns"
+        uns = self.h5.get(uns_key)
         for col in columns:
             key = f"{col}_categories"
             if not isinstance(uns, h5py.Group) or key not in uns or df[col].dtype.kind not in "iu":
                 continue
-            with _legacy_quiet():
-                cats = read_elem(uns[key])
+            cats = self._read(uns_key, uns[key])
             cats = [cats] if np.ndim(cats) == 0 else list(cats)
             cats = [c.decode() if isinstance(c, bytes) else c for c in cats]
             codes = df[col].to_numpy()
             if codes.size and (codes.max() >= len(cats) or codes.min() < -1):
-                raise DataError(
-                    self.path,
-                    f"{group}/{col}: codes up to {int(codes.max())} for {len(cats)} names "
-                    f"in {uns_root}/{key}",
+                # anndata keeps the codes here (obs and var once shared one entry per name): so do we,
+                # but a setting that uses this column is refused rather than fed codes
+                self._unnamed[f"{group}/{col}"] = (
+                    f"{group}/{col}: categorical codes up to {int(codes.max())} for {len(cats)} names "
+                    f"in {uns_key}/{key}; rewrite the file with anndata"
                 )
+                continue
             df[col] = pd.Categorical.from_codes(codes, cats)
         return df
 
     def _names(self, group: str) -> np.ndarray:
+        """The index (cell or feature names) of a table, as Python strings."""
         if group not in self._name_cache:
-            self._name_cache[group] = _as_names(self.table(group).index)
+            frame = self._whole_frame(group)
+            if frame is not None:
+                index = frame.index
+            else:
+                node = self._node(group)
+                key = _attr(node, "_index") or "_index"
+                if key not in node:
+                    raise DataError(self.path, f"{group}: no index ({key!r})")
+                index = self._read(group, node[key])
+            self._name_cache[group] = _as_names(index)
         return self._name_cache[group]
 
     def _columns(self, group: str) -> list[str]:
-        return [str(c) for c in self.table(group).columns] if group in self.h5 else []
+        if group not in self.h5:
+            return []
+        frame = self._whole_frame(group)
+        if frame is not None:
+            return [str(c) for c in frame.columns]
+        node = self.h5[group]
+        order = node.attrs.get("column-order", [])
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(order)]
+
+    def _column(self, group: str, col: str) -> pd.Series:
+        """One column as a Series in the table's row order; categoricals as names."""
+        if f"{group}/{col}" in self._unnamed:
+            raise DataError(self.path, self._unnamed[f"{group}/{col}"])
+        frame = self._whole_frame(group)
+        if frame is not None:
+            return frame[col].reset_index(drop=True)
+        values = self._read(group, self.h5[group][col])
+        return pd.Series(values if isinstance(values, pd.Categorical) else np.asarray(values))
 
     # ---- structure -------------------------------------------------------------------------------------
     def _matrix_key(self, mod: str, layer: str | None) -> tuple[str, str | None]:
@@ -524,7 +564,7 @@ class SingleCellFile:
                 groups.append((f"mod/{mod}/obs", key, self._mod_order(mod)))
         for group, col, order in groups:
             if group in self.h5 and col in self._columns(group):
-                series = self.table(group)[col].reset_index(drop=True)
+                series = self._column(group, col)
                 if group == "obs" and not np.array_equal(self.obs_names, self.cell_names):
                     # the global obs of a MuData is indexed by its own (union) cell names
                     series.index = self.obs_names
@@ -557,7 +597,7 @@ class SingleCellFile:
                 self.path,
                 f"var key {key!r} not found for modality {mod!r} (var columns: {have[:20]})",
             )
-        return self.table(group)[key].reset_index(drop=True)
+        return self._column(group, key)
 
     def _mod_order(self, mod: str) -> np.ndarray | None:
         names = self._names(f"mod/{mod}/obs")
