@@ -4,6 +4,8 @@ backed, for .h5ad and .h5mu, also through the real runner; plus count-error mess
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import yaml
 from _anndata_layouts import write_pre07, write_v07, write_v07_h5mu
 from mlflow.tracking import MlflowClient
 from plexlab import api
@@ -261,3 +264,34 @@ def test_legacy_files_through_the_runner(layout: str, workdir: Path, one_torch_t
     assert run.info.status == "FINISHED"
     assert run.data.params["model.n_classes"] == "3"
     assert any(k.startswith("test/") for k in result.metrics)
+
+
+def test_a_legacy_file_error_is_one_line_from_the_real_command(workdir: Path) -> None:
+    """In its own process (where warnings are not captured): anndata's old-format warnings and the progress
+    bar add no lines to the one error line."""
+    a = annotated()
+    x = a.X.toarray()
+    x[7, 3] = np.nan
+    a.X = x
+    path = write_pre07(a, workdir / "pre07.h5ad")
+    config = {
+        "name": "legacy",
+        "model": {"name": "sailerx", "group_hidden": [8], "latent_dim": 2},
+        "data": {"name": "single_cell", "path": str(path), "cell_type_key": "cell_type"},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu"},
+    }
+    (workdir / "exp.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line == f"plexlab: error: {path}: X: NaN value at cell 'cell7' (row 7); " + (
+        "choose another layer with data.layers (layers in the file: ['counts'])"
+    )
