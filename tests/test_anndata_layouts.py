@@ -295,3 +295,29 @@ def test_a_legacy_file_error_is_one_line_from_the_real_command(workdir: Path) ->
     assert line == f"plexlab: error: {path}: X: NaN value at cell 'cell7' (row 7); " + (
         "choose another layer with data.layers (layers in the file: ['counts'])"
     )
+
+
+# ---- real files --------------------------------------------------------------------------------------------
+
+
+def test_real_files_read_names_the_same_backed_and_in_memory(shared_data: Path) -> None:
+    """The CRISPR screen .h5ad (categorical guides) and the CITE-seq .h5mu, against anndata/mudata."""
+    import mudata as md
+
+    h5ad = shared_data / "single_cell" / "perturbseq_papalexi2021.h5ad"
+    a = ad.read_h5ad(h5ad)
+    dms = [SingleCellDataModule(str(h5ad), cell_type_key="perturbation", backed=b) for b in (False, True)]
+    for dm in dms:
+        dm.setup("fit")
+        assert dm.label_names == sorted(a.obs["perturbation"].cat.categories)
+        assert [dm.label_names[k] for k in dm.labels] == a.obs["perturbation"].astype(str).tolist()
+    cells = np.array([0, 5, 20_000, 3])
+    assert np.array_equal(dms[0].file.read("X", cells), a.X[cells].toarray())
+    assert np.array_equal(dms[1].file.read("X", cells), a.X[cells].toarray())
+
+    h5mu = shared_data / "single_cell" / "citeseq_citefuse_500cells.h5mu"
+    mdata = md.read_h5mu(h5mu)
+    dm = SingleCellDataModule(str(h5mu), modalities=["ADT", "HTO"], transforms={"ADT": "clr"}, backed=True)
+    dm.setup("fit")
+    assert dm.modalities == ["ADT", "HTO"] and dm.sample_ids() == list(mdata["ADT"].obs_names)
+    assert np.array_equal(dm.file.read("HTO", cells[[0, 1, 3]]), mdata["HTO"].X[[0, 5, 3]].toarray())
