@@ -20,7 +20,7 @@ from _anndata_layouts import write_pre07, write_v07, write_v07_h5mu
 from mlflow.tracking import MlflowClient
 from plexlab import api
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.single_cell import reader
+from plexlab.datamodules.single_cell import matrix
 from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
 from test_single_cell_data import make_adata, one_line
 
@@ -219,7 +219,7 @@ def test_long_passes_show_progress_on_a_terminal_only(
     path = write_layout(tmp_path, "current", annotated())
     err = _Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
-    monkeypatch.setattr(reader, "PROGRESS_DELAY_S", 0.0)  # the real delay hides passes under 2 s
+    monkeypatch.setattr(matrix, "PROGRESS_DELAY_S", 0.0)  # the real delay hides passes under 2 s
     SingleCellDataModule(str(path), backed=True, transforms={"X": "log1p"}).setup("fit")
     text = err.getvalue()
     if terminal:
