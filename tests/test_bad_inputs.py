@@ -17,11 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import yaml
 from _affinity_files import pairs, write_ca_pdb, write_tsv
+from _anndata_layouts import write_pre07, write_v07
 from _hypergraph_files import write_graph
 from _image_text_files import make_dataset
 from _perturbation_files import write_perturbation
@@ -641,6 +643,139 @@ def pdb_html_error_page(tmp: Path) -> Built:
     f = tmp / "1abc.pdb"
     f.write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n")
     return protein(f), [str(f), "not a PDB or mmCIF file", "HTML page"]
+
+
+# ---- single-cell files from the wild: file kinds, legacy AnnData layouts, counts and layers -------------
+# (task E) Each names the file and the key, and where a setting would fix it, the setting.
+
+
+def _rewrite(path: Path, name: str) -> Path:
+    return path.rename(path.with_name(name))
+
+
+@case
+def h5ad_named_h5mu(tmp: Path) -> Built:
+    path = _rewrite(write_h5ad(tmp, make_adata()), "cells.h5mu")
+    return single_cell(path), [str(path), "an AnnData file", "rename it to .h5ad"]
+
+
+@case
+def mudata_named_h5ad(tmp: Path) -> Built:
+    path = _rewrite(_mudata(tmp, n_adt=40), "cite.h5ad")
+    return single_cell(path), [str(path), "a MuData file (modalities ['adt', 'rna'])", "rename it to .h5mu"]
+
+
+@case
+def h5ad_truncated(tmp: Path) -> Built:
+    path = write_h5ad(tmp, make_adata())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return single_cell(path), [str(path), "truncated HDF5 file"]
+
+
+@case
+def mudata_not_hdf5(tmp: Path) -> Built:
+    path = tmp / "cite.h5mu"
+    path.write_text("rna,adt\n1,2\n")
+    return single_cell(path), [str(path), "not an HDF5 file"]
+
+
+@case
+def mudata_mod_order_names_a_missing_modality(tmp: Path) -> Built:
+    path = _mudata(tmp, n_adt=40)
+    with h5py.File(path, "a") as f:
+        f["mod"].attrs["mod-order"] = np.array(["rna", "atac", "adt"], dtype=object)
+    return single_cell(path), [str(path), "mod-order lists 'atac'", "['adt', 'rna']"]
+
+
+@case
+def mudata_missing_layer(tmp: Path) -> Built:
+    path = _mudata(tmp, n_adt=40)
+    needles = [str(path), "layer 'raw' not found in modality 'rna' (layers: ['counts'])", "data.layers"]
+    return single_cell(path, layers={"rna": "raw"}), needles
+
+
+@case
+def h5ad_negative_counts_name_the_setting(tmp: Path) -> Built:
+    a = make_adata()
+    x = a.X.toarray()
+    x[5, 2] = -3
+    a.X = sp.csr_matrix(x)
+    path = write_h5ad(tmp, a)
+    needles = [
+        str(path),
+        "X: negative count -3 at cell 'cell5' (row 5)",
+        "data.counts_required",
+        "data.layers",
+    ]
+    return single_cell(path, transforms={"X": "log1p"}), needles
+
+
+@case
+def h5ad_normalized_x_names_the_counts_layer(tmp: Path) -> Built:
+    a = make_adata()
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()))
+    path = write_v07(a, tmp / "v07.h5ad")
+    needles = [str(path), "X: non-integer count 1.38629 at cell 'cell0' (row 0)", "data.layers", "['counts']"]
+    return single_cell(path, transforms={"X": "log1p"}), needles
+
+
+@case
+def h5ad_library_size_key_not_positive(tmp: Path) -> Built:
+    a = make_adata()
+    a.obs["size_factor"] = np.linspace(-0.326, 1.0, a.n_obs)
+    path = write_h5ad(tmp, a)
+    needles = [str(path), "obs key 'size_factor': library size -0.326 at cell 'cell0'", "library_size_key"]
+    return single_cell(path, library_size_key="size_factor"), needles
+
+
+@case
+def h5ad_empty_cell_names_library_size_key(tmp: Path) -> Built:
+    a = make_adata()
+    x = a.X.toarray()
+    x[4] = 0
+    a.X = sp.csr_matrix(x)
+    path = write_h5ad(tmp, a)
+    return single_cell(path), [str(path), "cell 'cell4' has no counts", "data.library_size_key"]
+
+
+@case
+def h5ad_pre07_nan_in_dense_x(tmp: Path) -> Built:
+    a = make_adata()
+    x = a.X.toarray()
+    x[7, 3] = np.nan
+    a.X = x
+    path = write_pre07(a, tmp / "pre07.h5ad")
+    return single_cell(path), [str(path), "X: NaN value at cell 'cell7' (row 7)", "data.layers"]
+
+
+@case
+def h5ad_pre07_missing_obs_key(tmp: Path) -> Built:
+    path = write_pre07(make_adata(), tmp / "pre07.h5ad")
+    needles = [str(path), "obs key 'celltype' not found (obs columns: ['cell_type', 'batch', 'donor'])"]
+    return single_cell(path, cell_type_key="celltype"), needles
+
+
+@case
+def h5ad_v07_missing_var_key(tmp: Path) -> Built:
+    path = write_v07(make_adata(), tmp / "v07.h5ad")
+    needles = [str(path), "var key 'chromosome' not found for modality 'X' (var columns: ['chrom'])"]
+    return single_cell(path, feature_group_key={"X": "chromosome"}), needles
+
+
+@case
+def h5ad_obsm_modality_missing(tmp: Path) -> Built:
+    path = write_h5ad(tmp, make_adata())
+    needles = [str(path), "modality 'protein'", "not an obsm key (obsm: [])", "data.modalities"]
+    return single_cell(path, modalities=["X", "protein"]), needles
+
+
+@case
+def h5ad_x_not_a_matrix(tmp: Path) -> Built:
+    path = write_h5ad(tmp, make_adata())
+    with h5py.File(path, "a") as f:
+        del f["X"]
+        f["X"] = np.arange(60.0)
+    return single_cell(path), [str(path), "X: expected a 2-D matrix"]
 
 
 # ---- the test --------------------------------------------------------------------------------------------

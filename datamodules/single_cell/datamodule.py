@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 from plexlab.datamodules.errors import DataError
-from plexlab.datamodules.single_cell.reader import SingleCellFile, write_embedding_copy
+from plexlab.datamodules.single_cell.reader import (
+    SingleCellFile,
+    default_modalities,
+    write_embedding_copy,
+)
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 log = logging.getLogger(__name__)
@@ -202,17 +206,7 @@ class SingleCellDataModule(pl.LightningDataModule):
         log.info("%s: %d cells, modalities %s", self.path, n, {m: self.n_features(m) for m in modalities})
 
     def _default_modalities(self) -> list[str]:
-        if self.path.suffix.lower() == ".h5mu":
-            import h5py
-
-            try:
-                with h5py.File(self.path, "r") as h5:
-                    order = h5["mod"].attrs.get("mod-order")
-                    names = [str(m) for m in order] if order is not None else sorted(h5["mod"].keys())
-            except (OSError, KeyError) as exc:
-                raise DataError(self.path, f"cannot list modalities ({exc})") from exc
-            return names
-        return ["X"]
+        return default_modalities(self.path)
 
     def _obs(self, f: SingleCellFile) -> None:
         n = f.n_cells
@@ -239,15 +233,7 @@ class SingleCellDataModule(pl.LightningDataModule):
                 raise DataError(self.path, "split: groups needs split_key (an obs column)")
             self.groups, self.group_names = codes(self.split_key, "split groups")
         if self.library_size_key:
-            lib = pd.to_numeric(f.obs_column(self.library_size_key), errors="coerce").to_numpy(np.float64)
-            bad = ~np.isfinite(lib) | (lib <= 0)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise DataError(
-                    self.path,
-                    f"obs key {self.library_size_key!r}: library size {lib[i]} at cell {f.cell_names[i]!r}",
-                )
-            self.library_size = lib
+            self.library_size = f.library_sizes(self.library_size_key)
         else:
             self.library_size = None  # computed from the counts in _feature_stats
 
@@ -272,7 +258,7 @@ class SingleCellDataModule(pl.LightningDataModule):
                     raise DataError(
                         self.path,
                         f"modality {m!r}: cell {f.cell_names[i]!r} has no counts "
-                        "(library size 0); filter empty cells first",
+                        "(library size 0); filter empty cells first, or give data.library_size_key",
                     )
                 self.library_size = total
             k = self.n_top_features.get(m)
