@@ -537,8 +537,9 @@ class UnitedNet(pl.LightningModule):
         return self.embed(batch)
 
     # ---- artifacts -------------------------------------------------------------------------------------
-    def cross_modal_r2(self, loader) -> dict[str, float]:
-        """R^2 of every cross-modal prediction over a loader's cells."""
+    def cross_modal_r2(self, loader, multioutput: R2Average | None = None) -> dict[str, float]:
+        """R^2 of every cross-modal prediction over a loader's cells (averaged over features as
+        `multioutput`, default `r2_multioutput`)."""
         from lightning.fabric.utilities.apply_func import move_data_to_device
 
         was = self.training
@@ -551,7 +552,8 @@ class UnitedNet(pl.LightningModule):
                     pred = self.translate(a, b, batch.x[a])
                     accs[(a, b)].update(torch.sigmoid(pred) if b in self.binary else pred, batch.x[b])
         self.train(was)
-        return {f"{a}->{b}": acc.compute(self.hparams.r2_multioutput) for (a, b), acc in accs.items()}
+        how = multioutput or self.hparams.r2_multioutput
+        return {f"{a}->{b}": acc.compute(how) for (a, b), acc in accs.items()}
 
     def export_artifacts(self, datamodule: Any, out_dir: Path) -> None:
         """UMAP + cluster metrics of the fused embedding, cross-modal R^2 table, SHAP tables and plots."""
