@@ -1,4 +1,4 @@
-"""Does SAILERX's invariance term lower how much the embedding carries the library size? (real CITE-seq)
+"""How much does SAILERX's invariance term lower the depth the embedding carries? (real CITE-seq)
 
 Reproduce the figures: `nice -n 10 .venv/bin/python tests/test_sailerx_invariance.py` (3 seeds x 2 models;
 `--seeds 0 1 2 3 4`, `--epochs N` to change), or `.venv/bin/pytest tests/test_sailerx_invariance.py -m slow`.
@@ -122,15 +122,17 @@ def summary(rows: list[dict]) -> dict[float, dict[str, tuple[float, float]]]:
 
 
 @pytest.mark.slow
-def test_invariance_lowers_library_leakage(shared_data: Path) -> None:
-    rows = compare(shared_data / "single_cell" / "citeseq_citefuse_500cells.h5mu")
+def test_invariance_term_at_the_reference_scale(shared_data: Path) -> None:
+    """At the reference's scale (the pairwise KL once per batch, 1/200 per cell) the term barely moves the
+    leakage on this file (seed 0: linear R^2 0.527 -> 0.527, sampled 0.083 -> 0.083, ARI 0.762 -> 0.769);
+    the earlier "lower on every seed" came from the 200-times stronger `invariance_scale: per_cell`. The
+    test guards that the term does not cost clusters nor add leakage."""
+    rows = compare(shared_data / "single_cell" / "citeseq_citefuse_500cells.h5mu", seeds=(0,))
     res = summary(rows)
     logging.getLogger(__name__).warning("leakage without / with invariance: %s", res)
-    # on average and seed by seed, for the posterior means and for sampled codes
     for metric in ("library_r2", "library_r2_sampled"):
-        assert res[1.0][metric][0] < res[0.0][metric][0]
-        by_seed = {(r["seed"], r["invariance_weight"]): r[metric] for r in rows}
-        assert all(by_seed[(s, 1.0)] < by_seed[(s, 0.0)] for s in {r["seed"] for r in rows})
+        assert res[1.0][metric][0] < res[0.0][metric][0] + 0.02
+    assert res[1.0]["ari"][0] > res[0.0]["ari"][0] - 0.05
 
 
 if __name__ == "__main__":
