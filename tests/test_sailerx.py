@@ -70,10 +70,11 @@ def test_alignment_and_depth_weights() -> None:
 
 def test_total_weights_each_term() -> None:
     model = SAILERX(modality_dims={"a": 3, "b": 2}, latent_dim=2, invariance_weight=0.5, alignment_weight=100)
-    values = {"recon": 2.0, "kl": 3.0, "invariance": 5.0, "align": 0.01}
+    values = {"recon": 2.0, "kl": 3.0, "invariance": 5.0, "align": 0.01, "n_cells": 10.0}
     parts = {k: torch.tensor(v) for k, v in values.items()}
-    # recon + beta * (kl + lambda * invariance) + gamma * align; beta anneals the KL and the invariance term
-    assert model.total(parts, 0.4).item() == pytest.approx(2 + 0.4 * (3 + 0.5 * 5) + 100 * 0.01)
+    # recon + beta * (kl + lambda * invariance / B) + gamma * align; beta anneals the KL and the invariance
+    # term, which the reference adds once per batch of B cells
+    assert model.total(parts, 0.4).item() == pytest.approx(2 + 0.4 * (3 + 0.5 * 5 / 10) + 100 * 0.01)
     assert model.total(parts, 0.0).item() == pytest.approx(2 + 100 * 0.01)
 
 

@@ -1,13 +1,13 @@
-"""Does SAILERX's invariance term lower how much the embedding carries the library size? (real CITE-seq)
+"""How much does SAILERX's invariance term lower the depth the embedding carries? (real CITE-seq)
 
 Reproduce the figures: `nice -n 10 .venv/bin/python tests/test_sailerx_invariance.py` (3 seeds x 2 models;
 `--seeds 0 1 2 3 4`, `--epochs N` to change), or `.venv/bin/pytest tests/test_sailerx_invariance.py -m slow`.
 Model and data are sweeps/sailerx_citeseq.yaml's; only `invariance_weight` differs (0 vs the file's 1), and
-each seed trains both models from the same initial weights and batch order. Leakage of the (log) library size
-in the posterior means of all 500 cells: 5-fold cross-validated R^2 of a linear regression and of a
-15-nearest-neighbour regression (the embedding may carry depth non-linearly), and the largest |Pearson r| of
-one latent dimension. Clusters: Leiden (resolution 0.5) of the embedding against Leiden clusters of the
-protein alone (the file has no cell-type labels), ARI.
+each seed trains both models from the same initial weights and batch order. Leakage of the encoded RNA's
+(log) depth, the covariate the decoder is given, in the posterior means of all 500 cells: 5-fold
+cross-validated R^2 of a linear regression and of a 15-nearest-neighbour regression (the embedding may carry
+depth non-linearly), and the largest |Pearson r| of one latent dimension. Clusters: Leiden (resolution 0.5)
+of the embedding against Leiden clusters of the protein alone (the file has no cell-type labels), ARI.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def compare(
     epochs = epochs or int(cfg["trainer"]["max_epochs"])
     dm = SingleCellDataModule(**data)
     dm.setup("fit")
-    loglib = np.log(dm.library_size)
+    # the technical covariate the decoder is given: the encoded modality's own depth (log total counts)
+    loglib = dm.log_depth[model_cfg["encoded_modality"]].astype(np.float64)
     ref = SingleCellDataModule(
         str(path), modalities=["ADT"], transforms={"ADT": "clr"}, pca_components={"ADT": 20}
     )
@@ -121,15 +122,17 @@ def summary(rows: list[dict]) -> dict[float, dict[str, tuple[float, float]]]:
 
 
 @pytest.mark.slow
-def test_invariance_lowers_library_leakage(shared_data: Path) -> None:
-    rows = compare(shared_data / "single_cell" / "citeseq_citefuse_500cells.h5mu")
+def test_invariance_term_at_the_reference_scale(shared_data: Path) -> None:
+    """At the reference's scale (the pairwise KL once per batch, 1/200 per cell) the term barely moves the
+    leakage on this file (seed 0: linear R^2 0.527 -> 0.527, sampled 0.083 -> 0.083, ARI 0.762 -> 0.769);
+    the earlier "lower on every seed" came from the 200-times stronger `invariance_scale: per_cell`. The
+    test guards that the term does not cost clusters nor add leakage."""
+    rows = compare(shared_data / "single_cell" / "citeseq_citefuse_500cells.h5mu", seeds=(0,))
     res = summary(rows)
     logging.getLogger(__name__).warning("leakage without / with invariance: %s", res)
-    # on average and seed by seed, for the posterior means and for sampled codes
     for metric in ("library_r2", "library_r2_sampled"):
-        assert res[1.0][metric][0] < res[0.0][metric][0]
-        by_seed = {(r["seed"], r["invariance_weight"]): r[metric] for r in rows}
-        assert all(by_seed[(s, 1.0)] < by_seed[(s, 0.0)] for s in {r["seed"] for r in rows})
+        assert res[1.0][metric][0] < res[0.0][metric][0] + 0.02
+    assert res[1.0]["ari"][0] > res[0.0]["ari"][0] - 0.05
 
 
 if __name__ == "__main__":

@@ -36,10 +36,11 @@ class SingleCellBatch:
     """A batch of cells. `x[mod]` holds the transformed features of each modality (cells x features).
 
     `library` is the standardized log library size (z-score over all cells) of the library modality;
-    `log_depth[mod]` the raw log total counts of each modality; `batch` the technical-batch code (0 when there
-    is none); `label` the cell-type code (-1 when unknown); `pca[mod]` PCA coordinates of the modalities asked
-    for; `paired` is False for cells whose non-first modalities are missing (hybrid training); `index` the
-    cells' positions in the file (data-module order).
+    `log_depth[mod]` the raw log total counts of each modality, `depth[mod]` the same standardized over all
+    cells; `batch` the technical-batch code (0 when there is none); `label` the cell-type code (-1 when
+    unknown); `pca[mod]` PCA coordinates of the modalities asked for; `paired` is False for cells whose
+    non-first modalities are missing (hybrid training); `index` the cells' positions in the file
+    (data-module order).
     """
 
     x: dict[str, torch.Tensor]
@@ -50,6 +51,7 @@ class SingleCellBatch:
     paired: torch.Tensor
     index: torch.Tensor
     pca: dict[str, torch.Tensor] = field(default_factory=dict)
+    depth: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -272,6 +274,11 @@ class SingleCellDataModule(pl.LightningDataModule):
             self._group_features(f, m)
         loglib = np.log(self.library_size)
         self.library = ((loglib - loglib.mean()) / max(loglib.std(), 1e-8)).astype(np.float32)
+        # each modality's depth on the same scale, for models conditioned on another modality's depth
+        self.depth = {
+            m: ((d - d.mean()) / max(float(d.std()), 1e-8)).astype(np.float32)
+            for m, d in self.log_depth.items()
+        }
 
     def _group_features(self, f: SingleCellFile, m: str) -> None:
         """Order the kept features of `m` by a var column (e.g. chromosome) so each group is one block."""
@@ -346,10 +353,28 @@ class SingleCellDataModule(pl.LightningDataModule):
             self.train_idx = np.flatnonzero(~in_test & ~in_val)
         if len(self.train_idx) == 0:
             raise DataError(self.path, "the split leaves no training cells")
+        # every fit validates and tests: an empty split is the setting's fault, never filled with other cells
+        self._check_not_empty(self.val_idx, "val", "validation")
+        self._check_not_empty(self.test_idx, "test", "test")
         self.paired = np.ones(n, dtype=bool)
         if self.unpair_fraction > 0:
             k = round(self.unpair_fraction * len(self.train_idx))
             self.paired[rng.choice(self.train_idx, size=k, replace=False)] = False
+
+    def _check_not_empty(self, cells: np.ndarray, stage: str, what: str) -> None:
+        """A one-line error naming the setting that leaves the `stage` split without cells."""
+        if len(cells):
+            return
+        n = len(self.cell_names)
+        groups = getattr(self, f"{stage}_groups")
+        fraction = getattr(self, f"{stage}_fraction")
+        if self.split == "groups" and groups is not None:
+            key, why = f"{stage}_groups", f"is {groups!r}, which holds no cells"
+        elif self.split == "groups":
+            key, why = f"{stage}_fraction", f"is {fraction:g}, so no {self.split_key!r} group is held out"
+        else:
+            key, why = f"{stage}_fraction", f"is {fraction:g}: {fraction * n:.3g} of {n} cells rounds to 0"
+        raise DataError(f"data.{key}", f"{why}; the {what} split of {self.path.name} would be empty")
 
     # ---- batches ---------------------------------------------------------------------------------------
     def n_features(self, mod: str) -> int:
@@ -389,6 +414,7 @@ class SingleCellDataModule(pl.LightningDataModule):
             paired=torch.from_numpy(paired),
             index=torch.from_numpy(np.asarray(cells, dtype=np.int64)),
             pca={m: torch.from_numpy(p[cells]) for m, p in self.pca.items()},
+            depth={m: torch.from_numpy(d[cells]) for m, d in self.depth.items()},
         )
 
     def _loader(self, cells: np.ndarray, shuffle: bool) -> DataLoader:
@@ -409,10 +435,10 @@ class SingleCellDataModule(pl.LightningDataModule):
         return self._loader(self.train_idx, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_idx if len(self.val_idx) else self.train_idx, shuffle=False)
+        return self._loader(self.val_idx, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_idx if len(self.test_idx) else self.val_idx, shuffle=False)
+        return self._loader(self.test_idx, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """All cells in file order (the order of `sample_ids()`)."""

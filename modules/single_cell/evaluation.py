@@ -43,10 +43,12 @@ def cluster_metrics(
     clusters: np.ndarray | None = None,
     resolution: float = 1.0,
     seed: int = 0,
+    nmi_average: str = "arithmetic",
 ) -> dict[str, float]:
     """ARI and NMI of Leiden clusters against `labels`, and the silhouette of the labels in the embedding.
 
-    Cells with a negative label (unknown) are left out. The silhouette is the euclidean one of
+    Cells with a negative label (unknown) are left out. `nmi_average` is scikit-learn's `average_method`
+    (`arithmetic`, its default; `geometric`, UnitedNet's). The silhouette is the euclidean one of
     scikit-learn, rescaled to [0, 1] as in scIB ((s + 1) / 2).
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
@@ -60,7 +62,7 @@ def cluster_metrics(
     if keep.sum() < 3 or len(np.unique(labels[keep])) < 2:
         return out
     out["ari"] = float(adjusted_rand_score(labels[keep], clusters[keep]))
-    out["nmi"] = float(normalized_mutual_info_score(labels[keep], clusters[keep]))
+    out["nmi"] = float(normalized_mutual_info_score(labels[keep], clusters[keep], average_method=nmi_average))
     out["silhouette"] = float((silhouette_score(embedding[keep], labels[keep]) + 1) / 2)
     return out
 
@@ -158,22 +160,34 @@ def embed_cells(model, datamodule) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def evaluate_cells(model, datamodule, out_dir: Path, name: str, resolution: float = 1.0) -> dict[str, float]:
-    """Embed all cells; write Leiden clusters, metrics (vs labels and library size) and a UMAP to
-    `out_dir`."""
+def evaluate_cells(
+    model,
+    datamodule,
+    out_dir: Path,
+    name: str,
+    resolution: float = 1.0,
+    depth: np.ndarray | None = None,
+    nmi_average: str = "arithmetic",
+) -> dict[str, float]:
+    """Embed all cells; write Leiden clusters, metrics (vs labels and depth) and a UMAP to `out_dir`.
+
+    `depth`: the per-cell log depth whose leakage into the embedding is measured (default: the log library
+    size of the data module); `nmi_average` as in `cluster_metrics`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     emb = embed_cells(model, datamodule)
     clusters = leiden_clusters(emb, resolution=resolution)
+    log_depth = np.log(datamodule.library_size) if depth is None else np.asarray(depth)
     metrics = {"n_clusters": float(len(np.unique(clusters)))}
-    metrics.update(library_leakage(emb, np.log(datamodule.library_size)))
+    metrics.update(library_leakage(emb, log_depth))
     labels = np.asarray(datamodule.labels)
     colors: dict[str, np.ndarray] = {"leiden": clusters}
     if (labels >= 0).any():
-        metrics.update(cluster_metrics(emb, labels, clusters=clusters))
+        metrics.update(cluster_metrics(emb, labels, clusters=clusters, nmi_average=nmi_average))
         names = np.asarray(datamodule.label_names, dtype=object)
         colors["cell type"] = np.where(labels >= 0, names[np.maximum(labels, 0)], "unknown")
-    colors["log library size"] = np.log(datamodule.library_size).astype(np.float64)
+    colors["log depth"] = log_depth.astype(np.float64)
     write_metrics_tsv(metrics, out_dir / f"{name}_metrics.tsv")
     ids = datamodule.sample_ids()
     (out_dir / f"{name}_leiden.tsv").write_text(

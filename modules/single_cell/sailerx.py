@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -101,7 +101,7 @@ class SAILERX(pl.LightningModule):
     (`pos_weight` 20) + beta * (KL + `invariance_weight` * mean pairwise posterior KL, the invariance term) +
     `alignment_weight` * depth-weighted cosine-structure alignment to the reference modality's PCs (see
     `total`). beta is 0 for `warmup_epochs` then cyclic (`kl_cycle_epochs`, ramp over `kl_ramp_ratio` of each
-    cycle).
+    cycle). The depth given to the decoder (and measured as leakage) is the encoded modality's own.
 
     Choices where the paper is silent or its code is wrong: z is sampled with sigma = exp(logvar / 2), the
     same sigma the KL uses; logvar is clamped to [-10, 10]; the invariance term shares the KL's annealing
@@ -111,6 +111,30 @@ class SAILERX(pl.LightningModule):
     invariance terms and are left out of the alignment. With no feature groups (RNA without chromosome
     positions) the encoder is one group. `val/loss` uses the full weights (beta = 1) in every epoch, so
     epochs are comparable for checkpointing.
+
+    Args:
+        modality_dims, n_batches, n_classes, pca_dims, feature_groups: sizes from the data module.
+        encoded_modality: the modality the VAE encodes and reconstructs (default: the first).
+        reference_modality: the modality whose PCs give the reference similarity (default: the other one).
+        group_hidden: widths of each feature group's encoder MLP.
+        latent_dim: size of the Gaussian latent.
+        pos_weight: BCE weight of the positive (open/detected) entries.
+        invariance_weight: lambda, the weight of the pairwise-KL invariance term.
+        invariance_scale: `per_batch` (the reference: the pairwise KL, a mean over the batch's pairs, enters
+            the batch's summed loss once, so per cell it is divided by the batch size) or `per_cell` (it
+            enters once per cell: batch-size times stronger; plexlab's earlier scale).
+        alignment_weight: gamma, the weight of the alignment to the reference modality.
+        depth_covariate: the depth the decoder is conditioned on: `encoded` (the encoded modality's
+            standardized log total counts, as the paper) or `library` (the data module's library size,
+            `library_size_key` or `library_modality`, whichever modality that is).
+        warmup_epochs: epochs of reconstruction + alignment only.
+        kl_cycle_epochs: length of one cyclic KL-annealing cycle.
+        kl_ramp_ratio: fraction of each cycle over which beta ramps from 0 to 1.
+        condition_on_batch: give the decoder the batch one-hot too (when the data has batches).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        lr_decay: learning-rate factor per epoch.
+        leiden_resolution: resolution of the Leiden clusters scored at test time and in the artifacts.
     """
 
     primary_metric = "val/loss"
@@ -129,7 +153,9 @@ class SAILERX(pl.LightningModule):
         latent_dim: int = 50,
         pos_weight: float = 20.0,
         invariance_weight: float = 1.0,
+        invariance_scale: Literal["per_batch", "per_cell"] = "per_batch",
         alignment_weight: float = 6000.0,
+        depth_covariate: Literal["encoded", "library"] = "encoded",
         warmup_epochs: int = 10,
         kl_cycle_epochs: int = 100,
         kl_ramp_ratio: float = 0.5,
@@ -151,6 +177,10 @@ class SAILERX(pl.LightningModule):
             raise ValueError(f"encoded_modality {self.enc_mod!r} is not among {mods}")
         if self.ref_mod is not None and self.ref_mod not in modality_dims:
             raise ValueError(f"reference_modality {self.ref_mod!r} is not among {mods}")
+        if invariance_scale not in ("per_batch", "per_cell"):
+            raise ValueError(f"invariance_scale must be 'per_batch' or 'per_cell', not {invariance_scale!r}")
+        if depth_covariate not in ("encoded", "library"):
+            raise ValueError(f"depth_covariate must be 'encoded' or 'library', not {depth_covariate!r}")
         n_in = modality_dims[self.enc_mod]
         groups = (feature_groups or {}).get(self.enc_mod) or [n_in]
         if sum(groups) != n_in:
@@ -183,8 +213,14 @@ class SAILERX(pl.LightningModule):
         h = torch.cat([enc(part) for enc, part in zip(self.encoders, self._split(x), strict=True)], dim=1)
         return self.fc_mu(h), self.fc_logvar(h).clamp(-10.0, 10.0)
 
+    def depth(self, batch: SingleCellBatch) -> torch.Tensor:
+        """The standardized log depth the decoder is given (`depth_covariate`), one value per cell."""
+        if self.hparams.depth_covariate == "library":
+            return batch.library
+        return batch.depth[self.enc_mod]
+
     def covariates(self, batch: SingleCellBatch) -> torch.Tensor:
-        cov = [batch.library[:, None].to(self.dtype)]
+        cov = [self.depth(batch)[:, None].to(self.dtype)]
         if self.n_cov > 1:
             cov.append(F.one_hot(batch.batch, self.n_cov - 1).to(self.dtype))
         return torch.cat(cov, dim=1)
@@ -217,6 +253,7 @@ class SAILERX(pl.LightningModule):
             "recon": bernoulli_recon(logits, x, self.hparams.pos_weight),
             "kl": gaussian_kl(mu, logvar),
             "invariance": pairwise_kl(mu, logvar) if len(batch) > 1 else mu.new_zeros(()),
+            "n_cells": mu.new_tensor(float(len(batch))),
         }
         ref = self.reference(batch)
         paired = batch.paired
@@ -229,15 +266,22 @@ class SAILERX(pl.LightningModule):
         return out
 
     def total(self, parts: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
-        """recon + beta * (KL + lambda * pairwise KL) + gamma * align, the reference SAILERX trainer's loss.
+        """recon + beta * (KL + lambda * pairwise KL / B) + gamma * align, the reference SAILERX trainer's
+        loss per cell.
 
-        The pairwise KL estimates E KL[q(z|x) || q(z)] (Moyer et al. 2018): it compresses the latent while
-        the decoder is given the depth, so depth is what z can drop at no reconstruction cost.
+        The reference sums reconstruction, KL and alignment over the batch's cells but adds the pairwise KL,
+        a mean over the batch's pairs, once per batch; on this per-cell scale that is the pairwise KL over
+        the batch size B (`invariance_scale: per_batch`; `per_cell` drops the 1 / B). The pairwise KL
+        estimates E KL[q(z|x) || q(z)] (Moyer et al. 2018): it compresses the latent while the decoder is
+        given the depth, so depth is what z can drop at no reconstruction cost.
         """
         hp = self.hparams
+        invariance = parts["invariance"]
+        if hp.invariance_scale == "per_batch":
+            invariance = invariance / parts["n_cells"]
         return (
             parts["recon"]
-            + beta * (parts["kl"] + hp.invariance_weight * parts["invariance"])
+            + beta * (parts["kl"] + hp.invariance_weight * invariance)
             + hp.alignment_weight * parts["align"]
         )
 
@@ -263,7 +307,7 @@ class SAILERX(pl.LightningModule):
         self.log(f"{stage}/loss", self.total(parts, 1.0), on_epoch=True, batch_size=n)
         for k in ("recon", "kl", "invariance", "align"):
             self.log(f"{stage}/{k}", parts[k], on_epoch=True, batch_size=n)
-        self._val.append((parts["mu"].detach().cpu(), batch.library.cpu(), batch.label.cpu()))
+        self._val.append((parts["mu"].detach().cpu(), self.depth(batch).cpu(), batch.label.cpu()))
 
     def validation_step(self, batch: SingleCellBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -308,4 +352,7 @@ class SAILERX(pl.LightningModule):
         UMAP."""
         from plexlab.modules.single_cell.evaluation import evaluate_cells
 
-        evaluate_cells(self, datamodule, Path(out_dir), "sailerx", self.hparams.leiden_resolution)
+        depth = datamodule.log_depth[self.enc_mod] if self.hparams.depth_covariate == "encoded" else None
+        evaluate_cells(
+            self, datamodule, Path(out_dir), "sailerx", self.hparams.leiden_resolution, depth=depth
+        )

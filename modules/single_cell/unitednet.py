@@ -1,14 +1,14 @@
 """UnitedNet: explainable multi-task network for multi-modal single-cell data.
 
 Joint group identification (classification with labels, clustering without) and cross-modal prediction,
-trained by schedules that alternate per epoch, each with its own optimizer (manual optimization).
+trained by two schedules that both run in every epoch, each with its own optimizer (manual optimization).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -124,27 +124,70 @@ def hungarian_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(cm[r, c].sum() / len(labels))
 
 
+R2Average = Literal["uniform_average", "variance_weighted"]
+NMIAverage = Literal["geometric", "arithmetic", "min", "max"]
+
+
 class R2Accumulator:
-    """Streaming R^2 = 1 - SS_res / SS_tot pooled over all features (SS_tot about each feature's mean)."""
+    """Streaming R^2 of a multi-feature prediction, as scikit-learn's `r2_score` over all cells seen.
+
+    Per feature: R^2_f = 1 - SS_res_f / SS_tot_f (SS_tot about the feature's mean). `uniform_average` (the
+    default, scikit-learn's and UnitedNet's) is their plain mean, so each feature counts once;
+    `variance_weighted` pools them, 1 - sum SS_res / sum SS_tot, so high-variance features dominate. A
+    feature constant over the cells scores 1 when predicted exactly and 0 otherwise (scikit-learn's
+    `force_finite`).
+    """
 
     def __init__(self) -> None:
         self.n = 0
         self.sy: torch.Tensor | None = None
-        self.syy = 0.0
-        self.res = 0.0
+        self.syy: torch.Tensor | None = None
+        self.res: torch.Tensor | None = None
 
     def update(self, pred: torch.Tensor, y: torch.Tensor) -> None:
         y, pred = y.detach().double().cpu(), pred.detach().double().cpu()
+        sums = (y.sum(0), y.pow(2).sum(0), (y - pred).pow(2).sum(0))
+        if self.sy is None:
+            self.sy, self.syy, self.res = sums
+        else:
+            self.sy, self.syy, self.res = self.sy + sums[0], self.syy + sums[1], self.res + sums[2]
         self.n += y.shape[0]
-        self.sy = y.sum(0) if self.sy is None else self.sy + y.sum(0)
-        self.syy += float(y.pow(2).sum())
-        self.res += float((y - pred).pow(2).sum())
 
-    def compute(self) -> float:
-        if self.sy is None or self.n < 2:
+    def compute(self, multioutput: R2Average = "uniform_average") -> float:
+        if self.sy is None or self.syy is None or self.res is None or self.n < 2:
             return float("nan")
-        ss_tot = self.syy - float((self.sy.pow(2) / self.n).sum())
-        return 1.0 - self.res / max(ss_tot, EPS)
+        ss_tot = (self.syy - self.sy.pow(2) / self.n).clamp_min(0.0)
+        # streaming sums leave rounding noise where a feature is constant: relative to its sum of squares
+        constant = ss_tot <= 1e-12 * self.syy.clamp_min(1.0)
+        if multioutput not in ("uniform_average", "variance_weighted"):
+            raise ValueError(f"multioutput must be uniform_average or variance_weighted, not {multioutput!r}")
+        if multioutput == "variance_weighted" and not bool(constant.all()):
+            return float(1.0 - self.res[~constant].sum() / ss_tot[~constant].sum())
+        per_feature = torch.where(
+            constant, (self.res == 0).double(), 1.0 - self.res / torch.where(constant, 1.0, ss_tot)
+        )
+        return float(per_feature.mean())  # also scikit-learn's fallback when every feature is constant
+
+
+def group_metrics(
+    pred: np.ndarray, labels: np.ndarray, supervised: bool, nmi_average: NMIAverage = "geometric"
+) -> dict[str, float]:
+    """Accuracy (plain when supervised, after Hungarian matching when clustering), ARI and NMI of predicted
+    groups against labels; cells with a negative label (unknown) are left out, and nothing is scored with
+    fewer than two labelled cells. NMI normalizes by the `nmi_average` of the two entropies (geometric, as
+    UnitedNet's evaluation; scikit-learn's default is arithmetic)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    keep = labels >= 0
+    if keep.sum() < 2:
+        return {}
+    pred, labels = pred[keep], labels[keep]
+    acc = float((pred == labels).mean()) if supervised else hungarian_accuracy(pred, labels)
+    return {
+        "acc": acc,
+        "ari": float(adjusted_rand_score(labels, pred)),
+        "nmi": float(normalized_mutual_info_score(labels, pred, average_method=nmi_average)),
+    }
 
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -171,19 +214,53 @@ class UnitedNet(pl.LightningModule):
     """UnitedNet (Tang et al. 2023): per-modality encoders/decoders, translation, LSGAN, fusion, cosine heads.
 
     Every decoder is applied to every modality latent (reconstruction for the same modality, translation for
-    the others). Epochs alternate: even epochs run the translation schedule (reconstruction + translation +
-    cross-modal contrastive + `gan_weight` * LSGAN generator loss, after a separate discriminator step with
-    its
-    own optimizer); odd epochs the group schedule (supervised: class-balanced cross entropy; unsupervised:
-    `ddc_weight` * DDC + `entropy_weight` * negative entropy), on its own optimizer. Fusion is a
-    softmax-weighted
-    mean of the modality latents (`fusion`: one weight per modality or per modality and latent dimension).
+    the others). Every epoch runs both schedules, each on its own optimizer. Translation: reconstruction +
+    translation + cross-modal contrastive + `gan_weight` * LSGAN generator loss (after a separate
+    discriminator step on its own optimizer), updating encoders and decoders. Group identification: the
+    head losses averaged over the heads (supervised: class-balanced cross entropy, updating encoders,
+    fusion and heads; unsupervised: `ddc_weight` * DDC + `entropy_weight` * negative entropy, updating only
+    fusion and heads), as the reference's schedules. Fusion is a softmax-weighted mean of the modality
+    latents (`fusion`: one weight per modality or per modality and latent dimension). `val/r2` (primary)
+    is the mean over directions of each direction's cross-modal R^2, averaged uniformly over features as
+    the reference's `r2_score`; `val/nmi` is normalized geometrically as the reference's.
 
-    Choices where the paper is silent: the group schedule also keeps the reconstruction loss (so the latents
-    stay informative while the heads train); heads are scored by an running mean of their group loss and the
+    Choices where the reference differs or is silent: the two schedules alternate batch by batch (the
+    translation step, then the group step on the same batch) where the reference runs a whole pass of one
+    then a whole pass of the other (and repeats the classification pass 2 x n_modalities times); both see
+    every batch once per epoch, and the steps stay inside Lightning's training step (so DDP synchronizes
+    them and no loader is iterated twice). Heads are scored by a running mean of their group loss and the
     best one predicts; the cosine classifier divides by `classifier_temperature` (0.1) so that softmax
-    assignments can become sharp; class weights come from each batch; R^2 is pooled over features
-    (`variance-weighted`). `val/r2` (primary) is the mean cross-modal R^2 over all directions.
+    assignments can become sharp; class weights come from each batch; supervised accuracy is plain (a
+    class is its label), clustering accuracy is after Hungarian matching.
+
+    Args:
+        modality_dims, n_batches, n_classes, pca_dims, feature_groups: sizes from the data module.
+        modalities: the modalities to use, in order (default: all).
+        binary_modalities: modalities reconstructed with BCE on logits (the others with MSE).
+        hidden_dims: hidden widths of each encoder (mirrored in each decoder).
+        latent_dim: size of each modality's latent.
+        projector_dim: width of each head's projector.
+        n_groups: clusters when unsupervised (default: the number of classes, at least 10).
+        n_heads: number of group-identification heads.
+        supervised: classification (labels needed) or clustering (default: supervised if labels exist).
+        fusion: `modality` (one weight per modality) or `dimension` (per modality and latent dimension).
+        recon_weight: weight of the reconstruction loss.
+        translation_weight: weight of the cross-modal translation loss.
+        gan_weight: weight of the LSGAN generator loss (0: no discriminators trained).
+        contrastive_weight: weight of the cross-modal contrastive loss.
+        contrastive_temperature: temperature of the contrastive loss.
+        ddc_weight: weight of the DDC clustering loss.
+        entropy_weight: weight of the negative-entropy loss.
+        classifier_temperature: temperature of the cosine classifier.
+        dropout: dropout between MLP layers.
+        lr: Adam learning rate of every optimizer.
+        group_schedule: `paper` (as above) or `with_autoencoder` (plexlab's earlier schedule: the group
+            step also updates encoders and decoders and adds the reconstruction loss).
+        r2_multioutput: how `*/r2*` average over features: `uniform_average` (the reference) or
+            `variance_weighted` (pooled over features).
+        nmi_average: normalization of `*/nmi`: `geometric` (the reference), `arithmetic`, `min` or `max`.
+        shap_cells, shap_background, shap_targets, shap_samples: sizes of the SHAP explanations.
+        leiden_resolution: resolution of the Leiden clusters in the artifacts.
     """
 
     primary_metric = "val/r2"
@@ -215,6 +292,9 @@ class UnitedNet(pl.LightningModule):
         classifier_temperature: float = 0.1,
         dropout: float = 0.1,
         lr: float = 1e-3,
+        group_schedule: Literal["paper", "with_autoencoder"] = "paper",
+        r2_multioutput: R2Average = "uniform_average",
+        nmi_average: NMIAverage = "geometric",
         shap_cells: int = 100,
         shap_background: int = 50,
         shap_targets: int = 10,
@@ -234,6 +314,12 @@ class UnitedNet(pl.LightningModule):
             raise ValueError(f"modality {missing[0]!r} is not among {list(modality_dims)}")
         if fusion not in ("modality", "dimension"):
             raise ValueError("fusion must be 'modality' or 'dimension'")
+        if group_schedule not in ("paper", "with_autoencoder"):
+            raise ValueError(f"group_schedule must be 'paper' or 'with_autoencoder', not {group_schedule!r}")
+        if r2_multioutput not in ("uniform_average", "variance_weighted"):
+            raise ValueError(f"r2_multioutput must be uniform_average or variance_weighted: {r2_multioutput}")
+        if nmi_average not in ("geometric", "arithmetic", "min", "max"):
+            raise ValueError(f"nmi_average must be geometric, arithmetic, min or max, not {nmi_average!r}")
         self.binary = set(binary_modalities or [])
         self.supervised = bool(n_classes > 0) if supervised is None else supervised
         if self.supervised and n_classes <= 0:
@@ -327,9 +413,15 @@ class UnitedNet(pl.LightningModule):
             for (a, b), p in fakes.items()
         )
 
+    def _updates_encoders(self) -> bool:
+        """Whether the group step trains the encoders: classification does, clustering does not."""
+        return self.supervised or self.hparams.group_schedule == "with_autoencoder"
+
     def group_losses(self, batch: SingleCellBatch) -> dict[str, torch.Tensor]:
+        """Per-head group losses, their mean over heads (`group`) and the group step's `loss`."""
         hp = self.hparams
-        z = self.encode(batch)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._updates_encoders()):
+            z = self.encode(batch)
         fused = self.fuse(z)
         per_head = []
         for head in self.heads:
@@ -340,49 +432,61 @@ class UnitedNet(pl.LightningModule):
                 a = torch.softmax(logits, dim=1)
                 per_head.append(hp.ddc_weight * ddc_loss(a, h) + hp.entropy_weight * negative_entropy(a))
         heads = torch.stack(per_head)
-        recon = sum(recon_loss(self.decoders[m](z[m]), batch.x[m], m in self.binary) for m in self.mods)
-        return {
-            "heads": heads,
-            "group": heads.mean(),
-            "recon": recon,
-            "loss": heads.sum() + hp.recon_weight * recon,
-        }
+        out = {"heads": heads, "group": heads.mean(), "loss": heads.mean()}
+        if hp.group_schedule == "with_autoencoder":
+            out["recon"] = sum(
+                recon_loss(self.decoders[m](z[m]), batch.x[m], m in self.binary) for m in self.mods
+            )
+            out["loss"] = out["loss"] + hp.recon_weight * out["recon"]
+        return out
+
+    def translation_step(self, batch: SingleCellBatch, opt_t, opt_d) -> torch.Tensor:
+        """One update of the translation schedule (after the discriminators' own update)."""
+        n = len(batch)
+        out, fakes = self.translation_losses(batch)
+        if self.hparams.gan_weight > 0:
+            d_loss = self.discriminator_loss(batch, fakes)
+            opt_d.zero_grad()
+            self.manual_backward(d_loss)
+            opt_d.step()
+            self.log("train/disc", d_loss, on_step=False, on_epoch=True, batch_size=n)
+        # the generator loss is built after the discriminator step, on the updated discriminators
+        out["gan"] = self.generator_loss(fakes)
+        out["loss"] = out["loss"] + self.hparams.gan_weight * out["gan"]
+        opt_t.zero_grad()
+        self.manual_backward(out["loss"])
+        opt_t.step()
+        for k in ("recon", "translation", "contrastive", "gan"):
+            self.log(f"train/{k}", out[k], on_step=False, on_epoch=True, batch_size=n)
+        return out["loss"]
+
+    def group_step(self, batch: SingleCellBatch, opt_g) -> torch.Tensor:
+        """One update of the group-identification schedule."""
+        out = self.group_losses(batch)
+        opt_g.zero_grad()
+        self.manual_backward(out["loss"])
+        opt_g.step()
+        with torch.no_grad():
+            h = out["heads"].detach()
+            self.head_loss.copy_(torch.where(self.head_loss == 0, h, 0.9 * self.head_loss + 0.1 * h))
+        self.log("train/group", out["group"], on_step=False, on_epoch=True, batch_size=len(batch))
+        return out["loss"]
 
     def training_step(self, batch: SingleCellBatch, batch_idx: int) -> None:
         opt_t, opt_g, opt_d = self.optimizers()
-        n = len(batch)
-        if self.current_epoch % 2 == 0:
-            out, fakes = self.translation_losses(batch)
-            if self.hparams.gan_weight > 0:
-                d_loss = self.discriminator_loss(batch, fakes)
-                opt_d.zero_grad()
-                self.manual_backward(d_loss)
-                opt_d.step()
-                self.log("train/disc", d_loss, on_step=False, on_epoch=True, batch_size=n)
-            # the generator loss is built after the discriminator step, on the updated discriminators
-            out["gan"] = self.generator_loss(fakes)
-            out["loss"] = out["loss"] + self.hparams.gan_weight * out["gan"]
-            opt_t.zero_grad()
-            self.manual_backward(out["loss"])
-            opt_t.step()
-            for k in ("recon", "translation", "contrastive", "gan"):
-                self.log(f"train/{k}", out[k], on_step=False, on_epoch=True, batch_size=n)
-        else:
-            out = self.group_losses(batch)
-            opt_g.zero_grad()
-            self.manual_backward(out["loss"])
-            opt_g.step()
-            with torch.no_grad():
-                h = out["heads"].detach()
-                self.head_loss.copy_(torch.where(self.head_loss == 0, h, 0.9 * self.head_loss + 0.1 * h))
-            self.log("train/group", out["group"], on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/loss", out["loss"], on_step=True, on_epoch=False, batch_size=n)
+        loss = self.translation_step(batch, opt_t, opt_d) + self.group_step(batch, opt_g)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, batch_size=len(batch))
 
     def configure_optimizers(self) -> Any:
         lr = self.hparams.lr
-        ae = list(self.encoders.parameters()) + list(self.decoders.parameters())
-        opt_t = torch.optim.Adam(ae, lr=lr)
-        opt_g = torch.optim.Adam([*ae, self.fusion_logits, *self.heads.parameters()], lr=lr)
+        encoders, decoders = list(self.encoders.parameters()), list(self.decoders.parameters())
+        opt_t = torch.optim.Adam(encoders + decoders, lr=lr)
+        group = [self.fusion_logits, *self.heads.parameters()]
+        if self.hparams.group_schedule == "with_autoencoder":
+            group = encoders + decoders + group
+        elif self.supervised:
+            group = encoders + group
+        opt_g = torch.optim.Adam(group, lr=lr)
         opt_d = torch.optim.Adam(self.discriminators.parameters(), lr=lr)
         return [opt_t, opt_g, opt_d]
 
@@ -408,23 +512,15 @@ class UnitedNet(pl.LightningModule):
         metrics: dict[str, float] = {}
         r2s = []
         for (a, b), acc in self._r2.items():
-            r2 = acc.compute()
+            r2 = acc.compute(self.hparams.r2_multioutput)
             metrics[f"{stage}/r2_{a}_to_{b}"] = r2
             r2s.append(r2)
         metrics[f"{stage}/r2"] = float(np.mean(r2s)) if r2s else float("nan")
         if self._groups:
             pred = torch.cat([g[0] for g in self._groups]).numpy()
             labels = torch.cat([g[1] for g in self._groups]).numpy()
-            keep = labels >= 0
-            if keep.sum() > 1:
-                from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-                if self.supervised:
-                    metrics[f"{stage}/acc"] = float((pred[keep] == labels[keep]).mean())
-                else:
-                    metrics[f"{stage}/acc"] = hungarian_accuracy(pred[keep], labels[keep])
-                metrics[f"{stage}/ari"] = float(adjusted_rand_score(labels[keep], pred[keep]))
-                metrics[f"{stage}/nmi"] = float(normalized_mutual_info_score(labels[keep], pred[keep]))
+            scores = group_metrics(pred, labels, self.supervised, self.hparams.nmi_average)
+            metrics.update({f"{stage}/{k}": v for k, v in scores.items()})
         self._r2.clear()
         self._groups.clear()
         for k, v in metrics.items():
@@ -441,8 +537,9 @@ class UnitedNet(pl.LightningModule):
         return self.embed(batch)
 
     # ---- artifacts -------------------------------------------------------------------------------------
-    def cross_modal_r2(self, loader) -> dict[str, float]:
-        """R^2 of every cross-modal prediction over a loader's cells."""
+    def cross_modal_r2(self, loader, multioutput: R2Average | None = None) -> dict[str, float]:
+        """R^2 of every cross-modal prediction over a loader's cells (averaged over features as
+        `multioutput`, default `r2_multioutput`)."""
         from lightning.fabric.utilities.apply_func import move_data_to_device
 
         was = self.training
@@ -455,7 +552,8 @@ class UnitedNet(pl.LightningModule):
                     pred = self.translate(a, b, batch.x[a])
                     accs[(a, b)].update(torch.sigmoid(pred) if b in self.binary else pred, batch.x[b])
         self.train(was)
-        return {f"{a}->{b}": acc.compute() for (a, b), acc in accs.items()}
+        how = multioutput or self.hparams.r2_multioutput
+        return {f"{a}->{b}": acc.compute(how) for (a, b), acc in accs.items()}
 
     def export_artifacts(self, datamodule: Any, out_dir: Path) -> None:
         """UMAP + cluster metrics of the fused embedding, cross-modal R^2 table, SHAP tables and plots."""
@@ -464,7 +562,14 @@ class UnitedNet(pl.LightningModule):
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        evaluate_cells(self, datamodule, out_dir, "unitednet", self.hparams.leiden_resolution)
+        evaluate_cells(
+            self,
+            datamodule,
+            out_dir,
+            "unitednet",
+            self.hparams.leiden_resolution,
+            nmi_average=self.hparams.nmi_average,
+        )
         r2 = self.cross_modal_r2(datamodule.test_dataloader())
         (out_dir / "unitednet_cross_modal_r2.tsv").write_text(
             "direction\tr2\n" + "".join(f"{k}\t{v:.6g}\n" for k, v in r2.items())
