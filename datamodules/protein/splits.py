@@ -59,7 +59,7 @@ def split_by_lists(keys: list[LabelKey], lists: dict[str, Path]) -> tuple[dict[s
                 lists[other],
                 f"{len(both)} chains also on the training list {lists['train'].name} (first: {pdb}-{chain})",
             )
-    if lists["val"] != lists["test"] and listed["val"] & listed["test"]:
+    if lists["val"].resolve() != lists["test"].resolve() and listed["val"] & listed["test"]:
         pdb, chain = sorted(listed["val"] & listed["test"])[0]
         raise DataError(
             lists["test"], f"chain {pdb}-{chain} is also on the validation list {lists['val'].name}"
