@@ -16,7 +16,13 @@ from plexlab import api, schema, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
-SHORT = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2, "limit_test_batches": 2}
+SHORT = {
+    "max_epochs": 1,
+    "check_val_every_n_epoch": 1,  # a file that validates every 10 epochs would not in one
+    "limit_train_batches": 2,
+    "limit_val_batches": 2,
+    "limit_test_batches": 2,
+}
 CPU_SIZED = {
     "protein_mmcl": {"esm_layers": 2, "esm_dim": 32, "esm_heads": 2, "gnn_dims": [16, 16], "proj_dim": 16},
     "protein_function": {"esm_layers": 2, "esm_dim": 32, "esm_heads": 2, "gnn_dims": [16, 16]},

@@ -23,7 +23,8 @@ from plexlab.datamodules.protein.graph import (
     build_edges,
     file_digest,
 )
-from plexlab.datamodules.protein.reader import Scop2Index, read_fasta, read_labels, read_structure
+from plexlab.datamodules.protein.labels import read_labels
+from plexlab.datamodules.protein.reader import Scop2Index, read_fasta, read_structure
 from plexlab.datamodules.protein.views import ProteinView, ViewSampler, crop_view
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -510,8 +511,13 @@ def test_long_chain_graph_is_built_on_the_window(tmp_path):
     s = GraphSettings(max_residues=60)
     (long_graph,), _ = GraphCache(tmp_path / "c0", s).load(f)
     assert long_graph["x"].shape == (200,) and long_graph["edge_index"].shape == (2, 0)  # nodes only
-    dm = ProteinDataModule(
-        path=str(tmp_path), cache_dir=str(tmp_path / "c"), max_residues=60, views=["identity"]
+    dm = ProteinDataModule(  # two entries: all for training (no held-out splits)
+        path=str(tmp_path),
+        cache_dir=str(tmp_path / "c"),
+        max_residues=60,
+        views=["identity"],
+        val_fraction=0.0,
+        test_fraction=0.0,
     )
     dm.setup("fit")
     i = dm.sample_ids().index("long.pdb:A")

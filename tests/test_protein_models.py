@@ -208,7 +208,8 @@ def test_contrastive_loss_falls_and_checkpoint_feeds_function(shared_data, small
     f = ProteinFunction(**fdm.model_kwargs(), **TINY, pretrained_ckpt=str(ckpt), head_hidden=32, lr=3e-3)
     assert torch.equal(f.encoder.gnn.layers[0].linear.weight, model.encoder.gnn.layers[0].linear.weight)
     ft = quiet_trainer(max_epochs=8, accelerator="cpu", num_sanity_val_steps=0)
-    batch = next(iter(fdm.val_dataloader()))
+    # the fit's own chains (3 entries: one each for train, val and test): does fine-tuning fit them?
+    batch = next(iter(fdm._loader(fdm.train_idx, train=False, pairs=False)))
     f.eval()
     with torch.no_grad():
         bce0 = float(torch.nn.functional.binary_cross_entropy_with_logits(f(batch), batch.labels))

@@ -4,7 +4,11 @@ Both runs start from the experiment files (sweeps/protein_mmcl_pretrain.yaml, sw
 with overrides that shrink the encoders (ESM-2 2 x 32 from random weights, GNN 2 x 32) and the data (16 of the
 shared structure files). Everything is read back from MLflow: the run finished, its params and best
 checkpoint were logged, the contrastive training loss fell from the first epoch to the last, and the EC run,
-which loads the pretraining's best checkpoint, logged test Fmax and AUPR.
+which loads the pretraining's best checkpoint, logged test Fmax and AUPR under the benchmark's protocol
+(split: deepfri, DeepFRI's 538 EC numbers as the label space). Of FILES' chains, DeepFRI lists 4AKE-A and
+1DIX-A (two copies) for training and 1O1Z-A (two copies) for validation, none for test: the experiment
+file evaluates its validation list at test time, so the EC figures are on 1O1Z-A, whose EC class 3.1.4.- no
+training chain has (the old random split validated and tested on the training chains).
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ def test_tiny_pretraining_then_ec_fine_tuning_through_fit(workdir, shared_data):
             "model.head_hidden": 32,
             "model.lr": 3.0e-3,
             "data.labels_file": str(proteins / "deepfri_ec" / "nrPDB-EC_2020.04_annot.tsv"),
+            "data.test_list_file": str(proteins / "deepfri_ec" / "nrPDB-EC_2020.04_valid.txt"),
             "data.batch_size": 4,
             "trainer.max_epochs": 2,
             "trainer.accelerator": "cpu",
@@ -117,7 +122,8 @@ def test_tiny_pretraining_then_ec_fine_tuning_through_fit(workdir, shared_data):
     run = client.get_run(ec.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.pretrained_ckpt"] == str(pre.checkpoint)
-    assert int(run.data.params["model.num_labels"]) >= 2
+    assert run.data.params["data.split"] == "deepfri"
+    assert int(run.data.params["model.num_labels"]) == 538  # DeepFRI's EC term list
     print("EC test metrics", {k: round(v, 3) for k, v in run.data.metrics.items() if k.startswith("test/")})
     for key in ("test/fmax", "test/aupr"):
         assert 0.0 <= run.data.metrics[key] <= 1.0, (key, run.data.metrics[key])

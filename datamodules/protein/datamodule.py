@@ -4,8 +4,9 @@ Inputs (one of): `path`, a folder of PDB/mmCIF files (gzipped or not; all protei
 `chains_file`, a TSV with `file` and `chain` columns (files relative to the TSV's folder, or to `path` when
 given); `fasta_file`, sequences only (no structure encoder then). Chains that cannot be used are rejected with
 a one-line reason (`skipped`, `skip_table()`), or raise `DataError` with `strict=True`. Unreadable files are
-rejected the same way. Labels: `labels_file` TSV (see `read_labels`), its `label_column` (EC numbers, GO
-terms) in `function` mode; families from its `family`/`superfamily` columns (or `scop2_family`/
+rejected the same way. Labels: `labels_file`, a DeepFRI EC/GO annotation file or a TSV (see `labels.py`),
+its `label_column` (`ec`, `go_mf`, `go_bp`, `go_cc`, or a TSV column) in `function` mode; a DeepFRI file's
+term list is the label space. Families from the TSV's `family`/`superfamily` columns (or `scop2_family`/
 `scop2_superfamily`) or from `scop2_dir` (SCOP2 + SIFTS).
 
 Featurized graphs are cached on disk in `cache_dir` (default `$XDG_CACHE_HOME/plexlab/protein_graphs`, i.e.
@@ -14,10 +15,15 @@ cache lacks are featurized by `featurize_workers` processes (default: the CPUs t
 progress bar when stderr is a terminal. Every file a chains TSV names must exist (a missing one is an error
 naming the TSV row). A file that gives no protein chain is rejected once with why (`chain '*'`).
 
-Splits are drawn once from `seed`, grouping chains by PDB id so copies of one entry (PDB and mmCIF files,
-chains of a homo-oligomer) never straddle train and validation. Proteins longer than `max_residues` are
-cropped to a window (random in training, the first window in evaluation), as in the reference setup; the
-residue graph of such a chain is built on the window, so a 10,000-residue chain costs what 550 residues do.
+Splits (`splits.py`): `split: deepfri` reads the benchmark's train/valid/test chain lists (by default
+the `*_train.txt`, `*_valid.txt`, `*_test.txt` files beside a DeepFRI `labels_file`); chains on no list are
+left out and counted (`skip_table()`). `split: random` draws entries once from `seed`, grouping chains by
+PDB id so copies of one entry (PDB and mmCIF files, chains of a homo-oligomer) never straddle splits;
+homologues of different entries can, so benchmark figures need the lists. A split that would be empty is a
+`DataError`. In pretraining, family/superfamily partners come from the anchor's own split. Proteins longer
+than `max_residues` are cropped to a window (random in training, the first window in evaluation), as in the
+reference setup; the residue graph of such a chain is built on the window, so a 10,000-residue chain costs
+what 550 residues do.
 """
 
 from __future__ import annotations
@@ -43,13 +49,14 @@ from plexlab.datamodules.protein.graph import (
     default_workers,
     window_edges,
 )
+from plexlab.datamodules.protein.labels import read_label_table
 from plexlab.datamodules.protein.reader import (
     ChainSkip,
     Scop2Index,
     is_structure_file,
     read_fasta,
-    read_labels,
 )
+from plexlab.datamodules.protein.splits import default_list_files, split_by_entry, split_by_lists
 from plexlab.datamodules.protein.views import ProteinView, ViewSampler, crop_view, parse_view
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
@@ -96,8 +103,10 @@ class ProteinPairBatch:
 
 
 class _Items(Dataset):
-    def __init__(self, dm: ProteinDataModule, indices: list[int], train: bool, pairs: bool) -> None:
-        self.dm, self.indices, self.train, self.pairs = dm, indices, train, pairs
+    def __init__(
+        self, dm: ProteinDataModule, indices: list[int], train: bool, pairs: bool, pool: str | None
+    ) -> None:
+        self.dm, self.indices, self.train, self.pairs, self.pool = dm, indices, train, pairs, pool
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -108,14 +117,24 @@ class _Items(Dataset):
         seed = int(torch.randint(0, 2**31 - 1, (1,))) if self.train else self.dm.seed * 1_000_003 + i
         rng = random.Random(seed)
         if self.pairs:
-            a, b, spec = self.dm.sampler.sample(i, lambda j: self.dm.view(j, rng), rng)
+            a, b, spec = self.dm.sampler.sample(
+                i, lambda j: self.dm.view(j, rng), rng, self.pool
+            )  # own split
             return self.dm.limit(a, rng), self.dm.limit(b, rng), spec
         window = rng if self.train else None
         return self.dm.limit(self.dm.view(i, window), window), self.dm.label_vector(i)
 
 
 class ProteinDataModule(pl.LightningDataModule):
-    """Protein chains from PDB/mmCIF/FASTA as ESM tokens + residue graphs, with views or function labels."""
+    """Protein chains from PDB/mmCIF/FASTA as ESM tokens + residue graphs, with views or function labels.
+
+    Split arguments (the others: see the module docstring):
+    split: "random" (by PDB entry, `val_fraction`/`test_fraction`, `seed`) or "deepfri" (the chain lists).
+    train_list_file / valid_list_file / test_list_file: the lists of `split: deepfri` (one chain id like
+        `1ABC-A` a line); default: DeepFRI's files beside `labels_file`.
+    val_fraction / test_fraction: entries held out by `split: random` (each > 0 holds out at least one;
+        0: no such split, and its loader is an error).
+    """
 
     def __init__(
         self,
@@ -136,6 +155,10 @@ class ProteinDataModule(pl.LightningDataModule):
         radius: float = 10.0,
         knn: int = 10,
         min_seq_sep: int = 5,
+        split: Literal["random", "deepfri"] = "random",
+        train_list_file: Path | str | None = None,
+        valid_list_file: Path | str | None = None,
+        test_list_file: Path | str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         batch_size: int = 8,
@@ -169,6 +192,12 @@ class ProteinDataModule(pl.LightningDataModule):
         if featurize_workers is not None and featurize_workers < 1:
             raise DataError("data.featurize_workers", f"must be at least 1, got {featurize_workers}")
         self.featurize_workers = featurize_workers or default_workers()
+        self.split = split
+        self.list_files = {"train": train_list_file, "val": valid_list_file, "test": test_list_file}
+        if split == "deepfri" and labels_file is None and None in self.list_files.values():
+            raise DataError(
+                "data.split", "deepfri needs labels_file (lists beside it) or all three *_list_file"
+            )
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.num_workers, self.seed, self.strict = batch_size, num_workers, seed, strict
         if cache_dir is None:  # graphs are always cached on disk; default: the user's cache folder
@@ -227,11 +256,12 @@ class ProteinDataModule(pl.LightningDataModule):
         self.items: list[dict[str, Any]] = []
         if self.fasta_file is not None:
             for rec in read_fasta(self.fasta_file):
+                pdb, _, chain = rec.id.partition("-")  # DeepFRI's FASTA ids are PDB-CHAIN, as its labels
                 self.items.append(
                     {
                         "id": rec.id,
-                        "pdb_id": rec.id.split("-")[0].upper(),
-                        "chain": "",
+                        "pdb_id": pdb.upper(),
+                        "chain": chain,
                         "source": rec.source,
                         "sequence": rec.sequence,
                         "graph": None,
@@ -283,12 +313,14 @@ class ProteinDataModule(pl.LightningDataModule):
             )
         self.items.sort(key=lambda it: it["id"])
         self._split()
+        self._set_label_names()
         self.sampler = ViewSampler(
             self.views,
             [it["family"] for it in self.items],
             [it["superfamily"] for it in self.items],
             crop_length=self.crop_length,
             fallback=self.fallback_view,
+            pools={"train": self.train_idx, "val": self.val_idx, "test": self.test_idx},
         )
         if self.skipped:
             log.info(
@@ -300,7 +332,13 @@ class ProteinDataModule(pl.LightningDataModule):
         self._ready = True
 
     def _attach_labels(self) -> None:
-        table, keying = read_labels(self.labels_file) if self.labels_file else ({}, "")
+        labels = read_label_table(self.labels_file) if self.labels_file else None
+        table, keying = (labels.rows, labels.keying) if labels else ({}, "")
+        if self.mode == "function" and labels is None:
+            raise DataError("data.labels_file", "function mode needs a labels file")
+        if self.mode == "function" and self.label_column not in labels.columns:
+            have = ", ".join(labels.columns) or "none"
+            raise DataError(self.labels_file, f"no {self.label_column!r} labels (label columns: {have})")
         scop = Scop2Index(self.scop2_dir) if self.scop2_dir else None
         kept = []
         for it in self.items:
@@ -325,28 +363,57 @@ class ProteinDataModule(pl.LightningDataModule):
                 continue
             kept.append(it)
         self.items = kept
-        self.label_names = sorted({lab for it in self.items for lab in it["labels"]})
+        self._vocabulary = labels.vocabularies.get(self.label_column) if labels else None
+
+    def _set_label_names(self) -> None:
+        # a declared term list (DeepFRI) is the benchmark's label space: the same head for every split and run
+        used = self._vocabulary or sorted({lab for it in self.items for lab in it["labels"]})
+        self.label_names = list(used)
         self._label_index = {lab: j for j, lab in enumerate(self.label_names)}
 
     def _split(self) -> None:
-        groups: dict[str, list[int]] = {}
-        for i, it in enumerate(self.items):
-            groups.setdefault(it["pdb_id"] or it["id"], []).append(i)
-        keys = sorted(groups)
-        random.Random(self.seed).shuffle(keys)
-        n_val = round(self.val_fraction * len(keys))
-        n_test = round(self.test_fraction * len(keys))
-        if len(keys) - n_val - n_test < 1 or (self.val_fraction > 0 and n_val == 0):
-            # too few entries to hold any out: validate on the training set (stated in the log)
-            log.warning(
-                "protein data: %d PDB entries, too few to split; validating on the training set", len(keys)
-            )
-            self.train_idx = self.val_idx = self.test_idx = sorted(i for k in keys for i in groups[k])
-            return
-        pick = lambda ks: sorted(i for k in ks for i in groups[k])  # noqa: E731
-        self.val_idx = pick(keys[:n_val])
-        self.test_idx = pick(keys[n_val : n_val + n_test]) or self.val_idx
-        self.train_idx = pick(keys[n_val + n_test :])
+        self._split_problem: DataError | None = None
+        if self.split == "deepfri":
+            lists = default_list_files(self.labels_file) if self.labels_file else {}
+            lists.update({k: Path(v) for k, v in self.list_files.items() if v is not None})
+            keys = [(it["pdb_id"], it["chain"]) for it in self.items]
+            pools, unlisted = split_by_lists(keys, lists)
+            names = ", ".join(p.name for p in lists.values())
+            for i in unlisted:  # the benchmark's chains only: the others are counted, not used
+                it = self.items[i]
+                self.skipped.append(
+                    ChainSkip(
+                        Path(it["source"]).name,
+                        it["chain"],
+                        "not in split lists",
+                        f"{it['pdb_id']}-{it['chain']} is on none of {names}",
+                    )
+                )
+            dropped = set(unlisted)
+            kept = [i for i in range(len(self.items)) if i not in dropped]
+            renumber = {old: new for new, old in enumerate(kept)}
+            self.items = [self.items[i] for i in kept]
+            pools = {name: [renumber[i] for i in idx] for name, idx in pools.items()}
+        else:
+            try:
+                pools = split_by_entry(
+                    [it["pdb_id"] or it["id"] for it in self.items],
+                    self.val_fraction,
+                    self.test_fraction,
+                    self.seed,
+                )
+            except DataError as exc:
+                # too few entries to split: reading, views and predict still work; the split loaders raise
+                self._split_problem = exc
+                pools = {"train": [], "val": [], "test": []}
+        self.train_idx, self.val_idx, self.test_idx = pools["train"], pools["val"], pools["test"]
+        log.info(
+            "protein data: %s split, chains train %d, val %d, test %d",
+            self.split,
+            len(self.train_idx),
+            len(self.val_idx),
+            len(self.test_idx),
+        )
 
     def skip_table(self) -> Counter:
         """Rejections counted by reason: chains, and files that gave no protein chain ('no protein chain',
@@ -432,9 +499,9 @@ class ProteinDataModule(pl.LightningDataModule):
     def collate_single(self, items: list[tuple[ProteinView, torch.Tensor | None]]) -> ProteinBatch:
         return self._batch([v for v, _ in items], [y for _, y in items])
 
-    def _loader(self, indices: list[int], train: bool, pairs: bool) -> DataLoader:
+    def _loader(self, indices: list[int], train: bool, pairs: bool, pool: str | None = None) -> DataLoader:
         return DataLoader(
-            _Items(self, indices, train, pairs),
+            _Items(self, indices, train, pairs, pool),
             batch_size=self.batch_size,
             shuffle=train,
             drop_last=train and pairs and len(indices) > self.batch_size,  # InfoNCE wants full batches
@@ -443,14 +510,22 @@ class ProteinDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _split_loader(self, pool: str, indices: list[int]) -> DataLoader:
+        if self._split_problem is not None:
+            raise self._split_problem
+        if not indices:  # only a fraction of 0 gets here: empty list splits are refused in setup
+            key = "val_fraction" if pool == "val" else "test_fraction"
+            raise DataError(f"data.{key}", f"is 0: there is no {pool} split to load")
+        return self._loader(indices, pool == "train", self.mode == "pretrain", pool)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, True, self.mode == "pretrain")
+        return self._split_loader("train", self.train_idx)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_idx, False, self.mode == "pretrain")
+        return self._split_loader("val", self.val_idx)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_idx, False, self.mode == "pretrain")
+        return self._split_loader("test", self.test_idx)
 
     def predict_dataloader(self) -> DataLoader:
         """All chains, one view each (no cropping beyond max_residues), in `sample_ids()` order."""

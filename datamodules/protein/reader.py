@@ -1,4 +1,4 @@
-"""Readers for protein data: PDB/mmCIF structures (gemmi), FASTA, label TSVs and SCOP2 + SIFTS families.
+"""Readers for protein data: PDB/mmCIF structures (gemmi), FASTA, SCOP2 + SIFTS families (labels: labels.py).
 
 A structure file yields one `ChainRecord` per usable protein chain and one `ChainSkip` (a short reason
 category and a one-line detail) per chain that cannot be used, so a folder of real-world files is ingested
@@ -349,63 +349,6 @@ def read_fasta(path: str | Path) -> list[ChainRecord]:
     if not records:
         raise DataError(path, "no FASTA records")
     return records
-
-
-def split_labels(value: str) -> list[str]:
-    """Multi-valued label cell: 'a,b; c' -> ['a', 'b', 'c'] (empty and '-' cells give [])."""
-    parts = re.split(r"[,;\s]+", value.strip())
-    return [p for p in parts if p and p not in {"-", "NA", "nan"}]
-
-
-def read_labels(path: str | Path) -> tuple[dict[tuple[str, str], dict[str, list[str]]], str]:
-    """Read a labels TSV into {key: {column: [values]}} and say how rows are keyed.
-
-    Keys are (file name, chain) when the table has `file` and `chain` columns, else (PDB id upper, chain)
-    from `pdb` + `chain` columns, else from a first column like `1ABC-A` (DeepFRI annotation files, whose
-    `###` comment lines are skipped; their EC table's column is named `ec`).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DataError(path, f"cannot read: {exc}") from exc
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if lines and lines[0].startswith(
-        "###"
-    ):  # DeepFRI: "### EC-numbers", vocabulary, "### PDB-chain\tEC-numbers"
-        header_at = max(i for i, ln in enumerate(lines) if ln.startswith("###"))
-        body = ["id\tec", *lines[header_at + 1 :]]
-    else:
-        body = [ln for ln in lines if not ln.startswith("#")]
-    if not body:
-        raise DataError(path, "no header row")
-    reader = csv.DictReader(body, delimiter="\t")
-    cols = [c.strip() for c in (reader.fieldnames or [])]
-    if "file" in cols and "chain" in cols:
-        keying = "file"
-    elif "pdb" in cols and "chain" in cols:
-        keying = "pdb"
-    else:
-        keying = "id"
-    table: dict[tuple[str, str], dict[str, list[str]]] = {}
-    for lineno, row in enumerate(reader, 2):
-        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        if keying == "file":
-            key = (Path(row["file"]).name, row["chain"])
-        elif keying == "pdb":
-            key = (row["pdb"].upper(), row["chain"])
-        else:
-            first = row[cols[0]]
-            if "-" not in first:
-                raise DataError(
-                    path, f"row {lineno}: key {first!r} is not PDB-CHAIN (no file/pdb+chain columns)"
-                )
-            pdb, _, chain = first.partition("-")
-            key = (pdb.upper(), chain)
-        table[key] = {
-            k: split_labels(v) for k, v in row.items() if k not in {"file", "pdb", "chain", cols[0]}
-        }
-    return table, keying
 
 
 class Scop2Index:

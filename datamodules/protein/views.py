@@ -9,12 +9,15 @@ optional transforms, applied left to right:
 `crop` alone means `identity+crop`. Two views of an anchor: the anchor itself (cropped when the spec crops)
 and the partner (cropped independently). When a family/superfamily partner does not exist, the sampler falls
 back to the anchor itself (`fallback`, default `identity`), keeping the spec's transforms, and counts it.
+Partners are drawn from the anchor's own pool (its split: train, val or test) when the sampler is given pools,
+so a validation pair never uses a training protein, nor a training pair a held-out one.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch_geometric.data import Data
@@ -89,7 +92,12 @@ def crop_view(view: ProteinView, length: int, rng: random.Random) -> ProteinView
 class ViewSampler:
     """Draws positive pairs for an anchor index according to a list of view specs (one spec per draw).
 
-    `families[i]` / `superfamilies[i]` are the label sets of protein i (empty: unlabelled).
+    views: the view specs, one drawn at random per pair.
+    families / superfamilies: `families[i]` is the label set of protein i (empty: unlabelled).
+    crop_length: window length of the `crop` transform.
+    fallback: partner used when a family/superfamily partner does not exist.
+    pools: named sets of protein indices (the splits); `sample(..., pool=name)` draws partners from that pool
+        only. Without pools, or with `pool=None`, partners come from every protein.
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class ViewSampler:
         superfamilies: list[list[str]],
         crop_length: int = 50,
         fallback: str = "identity",
+        pools: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         if not views:
             raise ValueError("views: give at least one view spec")
@@ -107,32 +116,47 @@ class ViewSampler:
         self.crop_length = crop_length
         self.fallback = parse_view(fallback)[0]
         self.labels = {"family": families, "superfamily": superfamilies}
-        self.members: dict[str, dict[str, list[int]]] = {}
-        for level, per_protein in self.labels.items():
-            index: dict[str, list[int]] = defaultdict(list)
-            for i, labs in enumerate(per_protein):
-                for lab in labs:
-                    index[lab].append(i)
-            self.members[level] = index
+        everyone = range(len(families))
+        # members[pool][level][label]: the proteins of that pool with that label (pool None: all proteins)
+        self.members: dict[str | None, dict[str, dict[str, list[int]]]] = {
+            None: self._index(everyone),
+            **{name: self._index(sorted(set(idx))) for name, idx in (pools or {}).items()},
+        }
         self.fallbacks = 0
 
-    def partner(self, anchor: int, level: str, rng: random.Random) -> int | None:
-        """Another protein sharing a `level` label with the anchor, or None."""
+    def _index(self, proteins: Sequence[int]) -> dict[str, dict[str, list[int]]]:
+        out: dict[str, dict[str, list[int]]] = {}
+        for level, per_protein in self.labels.items():
+            index: dict[str, list[int]] = defaultdict(list)
+            for i in proteins:
+                for lab in per_protein[i]:
+                    index[lab].append(i)
+            out[level] = index
+        return out
+
+    def partner(self, anchor: int, level: str, rng: random.Random, pool: str | None = None) -> int | None:
+        """Another protein of `pool` sharing a `level` label with the anchor, or None."""
         if level == "identity":
             return anchor
-        cands = sorted(
-            {j for lab in self.labels[level][anchor] for j in self.members[level][lab] if j != anchor}
-        )
+        if pool not in self.members:
+            raise KeyError(f"no pool {pool!r} (pools: {sorted(k for k in self.members if k)})")
+        members = self.members[pool][level]
+        cands = sorted({j for lab in self.labels[level][anchor] for j in members.get(lab, ()) if j != anchor})
         return rng.choice(cands) if cands else None
 
-    def sample(self, anchor: int, get_view, rng: random.Random) -> tuple[ProteinView, ProteinView, str]:
-        """(view of the anchor, view of its partner, spec used); `get_view(i)` gives protein i's full view."""
+    def sample(
+        self, anchor: int, get_view, rng: random.Random, pool: str | None = None
+    ) -> tuple[ProteinView, ProteinView, str]:
+        """(view of the anchor, view of its partner, spec used); `get_view(i)` gives protein i's full view.
+
+        The partner comes from `pool` (the anchor's split) when given.
+        """
         k = rng.randrange(len(self.specs))
         partner_kind, transforms = self.specs[k]
-        other = self.partner(anchor, partner_kind, rng)
+        other = self.partner(anchor, partner_kind, rng, pool)
         if other is None:
             self.fallbacks += 1
-            other = self.partner(anchor, self.fallback, rng)
+            other = self.partner(anchor, self.fallback, rng, pool)
             other = anchor if other is None else other
         a, b = get_view(anchor), get_view(other)
         for t in transforms:

@@ -1,9 +1,13 @@
 """Evaluation shared by the affinity models (CPAC and the AffinityMLP baseline).
 
 Predictions are accumulated per subset over an epoch and scored at its end: RMSE, Pearson and Spearman for
-affinities; for samples with compound-protein contact maps, contact AUPRC/AUROC over all valid residue x atom
-pairs and binding-site AUPRC over residues (a residue's score is its largest interaction weight; it is a
-binding site when it touches any atom).
+affinities; for samples with compound-protein contact maps, contact AUPRC/AUROC over the valid residue x atom
+pairs of each complex and binding-site AUPRC over its residues (a residue's score is its largest interaction
+weight; it is a binding site when it touches any atom), averaged over complexes as the CPAC reference does.
+Scores are never pooled across complexes: each interaction map sums to 1 within its complex, so a large
+complex's weights are smaller than a small one's and a pooled ranking mixes those scales. A complex without a
+positive or without a negative has no AUPRC/AUROC; it is left out and counted (`contact_skipped`,
+`site_skipped`), next to the number scored (`contact_complexes`, `site_complexes`).
 
 Metric names: `val/<metric>`; `test/<metric>` for the main test set, `test/<set>_<metric>` for the extra
 test sets (e.g. `test/kinase_pearson`), and `test/unseen_protein_<metric>` / `test/unseen_compound_<metric>`
@@ -45,20 +49,34 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def contact_metrics(scores: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, float]:
-    """Contact AUPRC/AUROC over all pairs and binding-site AUPRC over residues; each map is [L, A]."""
+    """Contact AUPRC/AUROC and binding-site AUPRC per complex, averaged; each map is [residues, atoms].
+
+    `contact_random_auprc` is the mean contact rate of the scored complexes (a random scorer's AUPRC).
+    """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    s = np.concatenate([m.ravel() for m in scores])
-    t = np.concatenate([m.ravel() for m in targets]) > 0
-    site_s = np.concatenate([m.max(axis=1) for m in scores])
-    site_t = np.concatenate([m.max(axis=1) for m in targets]) > 0
-    out: dict[str, float] = {}
-    if 0 < t.sum() < len(t):
-        out["contact_auprc"] = float(average_precision_score(t, s))
-        out["contact_auroc"] = float(roc_auc_score(t, s))
-        out["contact_random_auprc"] = float(t.mean())  # the AUPRC of a random scorer, for reference
-    if 0 < site_t.sum() < len(site_t):
-        out["site_auprc"] = float(average_precision_score(site_t, site_s))
+    contact_ap, contact_roc, contact_rate, site_ap = [], [], [], []
+    for s, t in zip(scores, targets, strict=True):
+        hit = t.ravel() > 0
+        if 0 < hit.sum() < hit.size:
+            contact_ap.append(average_precision_score(hit, s.ravel()))
+            contact_roc.append(roc_auc_score(hit, s.ravel()))
+            contact_rate.append(hit.mean())
+        site = t.max(axis=1) > 0
+        if 0 < site.sum() < site.size:
+            site_ap.append(average_precision_score(site, s.max(axis=1)))
+    out: dict[str, float] = {
+        "contact_complexes": float(len(contact_ap)),
+        "contact_skipped": float(len(scores) - len(contact_ap)),
+        "site_complexes": float(len(site_ap)),
+        "site_skipped": float(len(scores) - len(site_ap)),
+    }
+    if contact_ap:
+        out["contact_auprc"] = float(np.mean(contact_ap))
+        out["contact_auroc"] = float(np.mean(contact_roc))
+        out["contact_random_auprc"] = float(np.mean(contact_rate))
+    if site_ap:
+        out["site_auprc"] = float(np.mean(site_ap))
     return out
 
 
