@@ -2,7 +2,7 @@
 `sweep.start_from` (a new sweep that first tries an old sweep's best configs).
 
 Tune's `Tuner.restore` cannot add samples, so an extension is a new Tune experiment in the same storage
-(`<name>-extend<k>`) whose trials are child runs of the same MLflow parent; the parent's `plexlab.extended`
+(`<name>-extend<k>`) whose trials are child runs of the same MLflow parent; the parent's `schema.EXTENDED`
 tag lists the extensions' folders, so the summary ranks every trial of every part. Optuna is told the
 finished trials' configs and scores before it suggests anything (`evaluated_rewards`), so it learns from
 them; random and grid search have nothing to learn and draw new samples; HyperOpt (whose Ray wrapper takes
