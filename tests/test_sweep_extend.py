@@ -11,8 +11,6 @@ from mlflow.tracking import MlflowClient
 from plexlab import api, cli, schema, tracking
 from plexlab.errors import ConfigError
 
-pytestmark = pytest.mark.ray
-
 
 def cora_sweep(workdir: Path, file: str = "cora.yaml", epochs: int = 3, **sweep) -> Path:
     """A tiny hypergcl sweep on the bundled Cora: hidden 8, a few epochs, 2 trials at a time."""
@@ -53,6 +51,7 @@ def runs_of(experiment: str) -> tuple[list, dict[str, list]]:
     return parents, kids
 
 
+@pytest.mark.ray
 def test_extend_adds_trials_under_the_same_parent_and_optuna_learns_from_the_finished_ones(workdir):
     config = cora_sweep(workdir, epochs=2, search={"name": "optuna"})
     first = api.sweep(config)
@@ -85,6 +84,7 @@ def test_extend_needs_a_finished_sweep(workdir):
         api.sweep(cora_sweep(workdir), extend=2)
 
 
+@pytest.mark.ray
 def test_start_from_tries_the_old_sweeps_best_config_first(workdir):
     old = api.sweep(cora_sweep(workdir, epochs=2, num_samples=4))
     new = cora_sweep(workdir, "new.yaml", epochs=2, num_samples=2, start_from=old.parent_run_id)
@@ -103,6 +103,7 @@ def test_start_from_an_unknown_run_is_a_config_error(workdir):
         api.sweep(cora_sweep(workdir, start_from="0123"))
 
 
+@pytest.mark.ray
 def test_a_time_budget_stops_the_sweep_and_the_parent_says_so(workdir):
     config = cora_sweep(workdir, epochs=200, num_samples=20, time_budget_s=25)
     result = api.sweep(config)
@@ -112,3 +113,14 @@ def test_a_time_budget_stops_the_sweep_and_the_parent_says_so(workdir):
     assert parent.data.tags[schema.TIME_BUDGET].startswith("25 s, ran out")
     assert all(c.info.status != "RUNNING" for c in children) and parent.info.status == "FINISHED"
     assert result.best_metric is not None
+
+
+def test_finished_trials_params_come_back_from_mlflow_as_their_distributions_draw_them():
+    from plexlab.sweep_extend import _parse, nested
+
+    assert _parse({"choice": [64, 128]}, "128") == 128
+    assert _parse({"choice": ["edge", "feature"]}, "feature") == "feature"
+    assert _parse({"choice": [0.0, 0.1]}, "0.1") == 0.1
+    assert _parse({"loguniform": [1e-4, 1e-2]}, "0.0031") == pytest.approx(0.0031)
+    assert _parse({"randint": [1, 4]}, "3") == 3 and isinstance(_parse({"randint": [1, 4]}, "3"), int)
+    assert nested({"model.lr": 0.1, "seed": 2}) == {"model": {"lr": 0.1}, "seed": 2}
