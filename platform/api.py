@@ -87,12 +87,14 @@ def sweep(
     address: str | None = None,
     storage: str | None = None,
     resume: bool = False,
+    extend: int | None = None,
     allow_tracking_uri: bool = False,
     insecure_local_ray: bool = False,
     **kwargs: Any,
 ) -> SweepResult:
     """Run (or resume) the config's sweep with Ray Tune; returns the best config, metric, checkpoint and
-    the MLflow parent run id. `insecure_local_ray` starts a local Ray even with RAY_AUTH_MODE=disabled."""
+    the MLflow parent run id. `extend`: add that many trials to the finished sweep, under its parent run.
+    `insecure_local_ray` starts a local Ray even with RAY_AUTH_MODE=disabled."""
     from plexlab import sweep as driver
 
     return driver.sweep(
@@ -101,6 +103,7 @@ def sweep(
         address=address,
         storage=storage,
         resume=resume,
+        extend=extend,
         allow_tracking_uri=allow_tracking_uri,
         insecure_local_ray=insecure_local_ray,
     )

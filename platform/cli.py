@@ -84,6 +84,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         address=args.address,
         storage=args.storage,
         resume=args.resume,
+        extend=args.extend,
         allow_tracking_uri=args.allow_tracking_uri,
         insecure_local_ray=args.insecure_local_ray,
     )
@@ -173,6 +174,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="results folder or s3:// URI (default: the file's sweep.storage)")
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver died")
     p.add_argument("--status", action="store_true", help="show the sweep's trials and exit")
+    p.add_argument(
+        "--extend",
+        type=int,
+        metavar="N",
+        help="add N trials to a finished sweep, under its MLflow parent run",
+    )
     p.add_argument(
         "--insecure-local-ray",
         action="store_true",

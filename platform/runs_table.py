@@ -22,7 +22,11 @@ def rows(experiment: str, uri: str | None = None, limit: int = 1000) -> list[dic
     varying = _varying_params([r.params for r in runs])
     out = []
     for r in runs:
-        metrics = {k: v for k, v in r.metrics.items() if k.startswith("test/") or k.endswith("_best")}
+        metrics = {
+            k: v
+            for k, v in r.metrics.items()
+            if k.startswith("test/") or k.endswith(("_best", "_mean", "_std"))
+        }
         out.append(
             {
                 "run": r.name,
@@ -36,9 +40,15 @@ def rows(experiment: str, uri: str | None = None, limit: int = 1000) -> list[dic
         )
     ranking = _primary([r.tags.get(schema.MODEL) for r in runs])
     if ranking is not None:
-        key, sign = schema.best(ranking[0]), -1 if ranking[1] == "max" else 1
-        out.sort(key=lambda row: (row.get(key) is None, sign * row[key] if row.get(key) is not None else 0))
+        sign = -1 if ranking[1] == "max" else 1
+        out.sort(key=lambda row: (_score(row, ranking[0]) is None, sign * (_score(row, ranking[0]) or 0)))
     return out
+
+
+def _score(row: dict[str, Any], metric: str) -> float | None:
+    """A run's rank: a repeated trial's (or its sweep's) mean over the repeats, else its best epoch."""
+    value = row.get(schema.mean(metric))
+    return value if value is not None else row.get(schema.best(metric))
 
 
 def _varying_params(params: list[dict[str, str]]) -> list[str]:

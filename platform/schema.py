@@ -39,19 +39,35 @@ SWEEP_PATH = "plexlab.sweep_path"
 BEST_TRIAL = "plexlab.best_trial"
 TRIAL_ID = "plexlab.trial_id"
 TRIAL_NAME = "plexlab.trial_name"
+REPEAT = "plexlab.repeat"  # on a repeat's nested run: `data.split=1`, the key and value it trained with
+TIME_BUDGET = "plexlab.time_budget"  # on the parent: the budget, and whether it ran out
+START_FROM = "plexlab.start_from"  # on the parent: the sweep whose best configs it tried first
+EXTENDED = "plexlab.extended"  # on the parent: the Tune folders of the trials --extend added
 
-Kind = Literal["fit", "test", "sweep", "trial"]
+Kind = Literal["fit", "test", "sweep", "trial", "repeat"]
 FIT: Kind = "fit"
 TEST: Kind = "test"
 SWEEP_KIND: Kind = "sweep"
 TRIAL: Kind = "trial"
+REPEAT_KIND: Kind = "repeat"
 
 # Summary metrics of a run.
 STOPPED_EPOCH = "stopped_epoch"  # the epoch early stopping ended a fit at
 TRIALS = "trials"
 TRIALS_FAILED = "trials_failed"
+REPEATS = "repeats"  # on a trial run: how many repeats its mean and std are over
 
 
 def best(metric: str) -> str:
     """The summary metric with the best value of `metric` of a run's epochs: `val/acc` -> `val/acc_best`."""
     return f"{metric}_best"
+
+
+def mean(metric: str) -> str:
+    """A trial's mean over its repeats of their best `metric`: `val/acc` -> `val/acc_mean`."""
+    return f"{metric}_mean"
+
+
+def std(metric: str) -> str:
+    """The standard deviation (ddof 1) that goes with `mean`: `val/acc` -> `val/acc_std`."""
+    return f"{metric}_std"

@@ -10,11 +10,12 @@ died: finished trials are kept, running ones continue from their last checkpoint
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import ray
-from plexlab import local_ray, runs_table, schema, sweep_runs, tracking, train
+from plexlab import local_ray, runs_table, schema, sweep_extend, sweep_repeats, sweep_runs, tracking, train
 from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
 from plexlab.sweep_config import ResourcesConfig, check_schedule
@@ -22,6 +23,7 @@ from plexlab.sweep_runs import SweepResult
 from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
 from plexlab.sweep_trial import TrialSpec, run_trial
 from ray import tune
+from ray.tune.search import BasicVariantGenerator
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,18 @@ def sweep(
     address: str | None = None,
     storage: str | None = None,
     resume: bool = False,
+    extend: int | None = None,
     allow_tracking_uri: bool = False,
     insecure_local_ray: bool = False,
 ) -> SweepResult:
-    """Run the config's sweep (or resume it) and record it in MLflow; returns the best trial."""
+    """Run the config's sweep (or resume it, or `extend` a finished one by that many trials) and record it
+    in MLflow; returns the best trial of the whole sweep."""
     cfg = load(config, overrides)
     if cfg.sweep is None:
         raise ConfigError(cfg.source, "sweep", "missing: this file has no sweep section (use `plexlab fit`)")
     check_schedule(cfg.sweep.scheduler, cfg.trainer, cfg.source)  # a fit of the same file need not pass it
+    if cfg.sweep.repeat is not None:
+        sweep_repeats.check(cfg)
     metric, mode = objective(cfg)
     uri = tracking.trusted_uri(cfg.tracking.uri, cfg.source, allow_other_host=allow_tracking_uri)
     tracking.check(uri)
@@ -59,27 +65,95 @@ def sweep(
     name, root = sweep_name(cfg), _storage(cfg, storage)
     path = f"{root}/{name}"
     exists = tune.Tuner.can_restore(path)
+    if extend is not None and (resume or not exists or extend < 1):
+        problem = "cannot be combined with --resume" if resume else f"needs a finished sweep at {path}"
+        raise ConfigError(cfg.source, "--extend", problem if extend >= 1 else "takes a number of trials >= 1")
     if resume and not exists:
         raise ConfigError(cfg.source, "--resume", f"no sweep to resume at {path}")
-    if exists and not resume:
+    if exists and not resume and extend is None:
         raise ConfigError(cfg.source, "sweep", f"a sweep of this file already exists at {path}: add --resume")
 
+    # Checked before Ray starts: the old sweep must exist and have scored trials.
+    first = sweep_extend.start_points(cfg, metric, mode) if cfg.sweep.start_from and not resume else []
     started = local_ray.start(address, insecure=insecure_local_ray)
     try:
         if started:
             _check_trial_fits(cfg)
         else:
             _check_tracking_reaches_every_node(cfg, uri)
-        parent = sweep_runs.parent_run(cfg, name, uri, resume)
+        parent = sweep_runs.parent_run(cfg, name, uri, resume or extend is not None)
         parent.set_tags({schema.SWEEP_PATH: path})
         with tracking.ending(parent):
-            spec = _trial_spec(cfg, parent, root, path)
-            grid = _tuner(cfg, spec, name, root, path, metric, mode, resume).fit()
+            if extend is not None:
+                return _extend(cfg, parent, extend, name, root, path, metric, mode)
+            warm = _start_from(cfg, parent, first) if first else {}
+            spec = _trial_spec(cfg, parent, root, path, metric)
+            tuner = _tuner(cfg, spec, name, root, path, metric, mode, resume, warm=warm)
+            grid = _timed_fit(cfg, tuner, parent)
             sweep_runs.close_trial_runs(cfg, parent, grid, metric, mode, path)
             return sweep_runs.summarize(cfg, grid, parent, metric, mode, path)
     finally:
         if started:
             ray.shutdown()
+
+
+def _extend(
+    cfg: ExperimentConfig,
+    parent: tracking.Run,
+    extra: int,
+    name: str,
+    root: str,
+    path: str,
+    metric: str,
+    mode: str,
+) -> SweepResult:
+    """`--extend N`: N more trials as a new Tune experiment beside the sweep's, under the same parent run,
+    with Optuna told every finished trial's config and score first (see sweep_extend)."""
+    assert cfg.sweep is not None
+    previous = [path, *sweep_extend.extensions(parent)]
+    ext_name = f"{name}-extend{len(previous)}"
+    ext_path = f"{root}/{ext_name}"
+    warm: dict[str, Any] = {}
+    if cfg.sweep.search.name == "optuna":
+        done = sweep_extend.finished_points(cfg, parent.run_id, metric, mode)
+        warm = {
+            "points_to_evaluate": [{k.replace(".", "/"): v for k, v in p.params.items()} for p in done],
+            "evaluated_rewards": [p.score for p in done],
+        }
+    parent.set_tags({schema.EXTENDED: sweep_extend.EXTENSION_SEPARATOR.join([*previous[1:], ext_path])})
+    spec = _trial_spec(cfg, parent, root, ext_path, metric)
+    tuner = _tuner(cfg, spec, ext_name, root, ext_path, metric, mode, False, warm=warm, num_samples=extra)
+    grid = _timed_fit(cfg, tuner, parent)
+    sweep_runs.close_trial_runs(cfg, parent, grid, metric, mode, ext_path)
+    trainable = tune.with_parameters(run_trial, spec=spec)
+    results, where = list(grid), {r.metrics.get("trial_id"): ext_path for r in grid}
+    for folder in previous:  # the earlier parts' results, as Tune recorded them
+        for result in tune.Tuner.restore(folder, trainable).get_results():
+            results.append(result)
+            where[result.metrics.get("trial_id")] = folder
+    return sweep_runs.summarize(cfg, results, parent, metric, mode, path, where=where)
+
+
+def _start_from(cfg: ExperimentConfig, parent: tracking.Run, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """`sweep.start_from`: the old sweep's best configs as the searcher's first points."""
+    assert cfg.sweep is not None
+    parent.set_tags({schema.START_FROM: f"{cfg.sweep.start_from}: {len(points)} configs tried first"})
+    if cfg.sweep.search.name == "optuna":
+        return {"points_to_evaluate": [{k.replace(".", "/"): v for k, v in p.items()} for p in points]}
+    return {"points_to_evaluate": [sweep_extend.nested(p) for p in points]}
+
+
+def _timed_fit(cfg: ExperimentConfig, tuner: tune.Tuner, parent: tracking.Run) -> Any:
+    """Tuner.fit; with `time_budget_s`, the parent says whether the budget ran out."""
+    assert cfg.sweep is not None
+    started = time.monotonic()
+    grid = tuner.fit()
+    budget = cfg.sweep.time_budget_s
+    if budget is not None:
+        spent = time.monotonic() - started
+        verdict = "ran out: trials still running were stopped" if spent >= budget else "not reached"
+        parent.set_tags({schema.TIME_BUDGET: f"{budget:g} s, {verdict} (the sweep took {spent:.0f} s)"})
+    return grid
 
 
 def objective(cfg: ExperimentConfig) -> tuple[str, str]:
@@ -132,7 +206,7 @@ def _check_tracking_reaches_every_node(cfg: ExperimentConfig, uri: str) -> None:
         )
 
 
-def _trial_spec(cfg: ExperimentConfig, parent: tracking.Run, root: str, path: str) -> TrialSpec:
+def _trial_spec(cfg: ExperimentConfig, parent: tracking.Run, root: str, path: str, metric: str) -> TrialSpec:
     assert cfg.sweep is not None
     res, pbt = cfg.sweep.resources, cfg.sweep.scheduler.name == "pbt"
     return TrialSpec(
@@ -146,6 +220,8 @@ def _trial_spec(cfg: ExperimentConfig, parent: tracking.Run, root: str, path: st
         storage=root,
         path=path,
         max_failures=cfg.sweep.max_failures,
+        metric=metric,
+        repeat=cfg.sweep.repeat,
     )
 
 
@@ -158,26 +234,34 @@ def _tuner(
     metric: str,
     mode: str,
     resume: bool,
+    *,
+    warm: dict[str, Any] | None = None,
+    num_samples: int | None = None,
 ) -> tune.Tuner:
+    """`warm`: points to evaluate first (and Optuna's scores of them); `num_samples`: an extension's."""
     assert cfg.sweep is not None
     trainable = tune.with_parameters(run_trial, spec=spec)
     trainable = tune.with_resources(trainable, _trial_shape(cfg.sweep.resources))
     if resume:
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     grid = cfg.sweep.search.name == "grid"
-    # optuna and hyperopt are limited by their ConcurrencyLimiter instead
-    own_limit = cfg.sweep.search.name in ("random", "grid")
+    search_alg = search_algorithm(cfg, metric, mode, **(warm or {}))
+    if search_alg is None and warm:  # random or grid, with points to try first
+        search_alg = BasicVariantGenerator(max_concurrent=cfg.sweep.max_concurrent or 0, **warm)
+    # optuna and hyperopt are limited by their ConcurrencyLimiter, the generator above by itself
+    own_limit = cfg.sweep.search.name in ("random", "grid") and not warm
     return tune.Tuner(
         trainable,
         param_space=search_space(trial_space(cfg)),
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=mode,
-            num_samples=1 if grid else cfg.sweep.num_samples,
+            num_samples=1 if grid else num_samples or cfg.sweep.num_samples,
             scheduler=scheduler(cfg),
-            search_alg=search_algorithm(cfg, metric, mode),
+            search_alg=search_alg,
             max_concurrent_trials=cfg.sweep.max_concurrent if own_limit else None,
             reuse_actors=cfg.sweep.resources.workers == 1,
+            time_budget_s=cfg.sweep.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from plexlab.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -65,6 +65,32 @@ class SweepConfig(Strict):
     # Report every epoch, but write a resumable checkpoint only every n epochs (checkpoints cost I/O).
     checkpoint_every: int = Field(1, ge=1)
     storage: str | None = None  # default: ./plexlab_sweeps; must be shared storage on a multi-host cluster
+    # Train every trial once per value of one key ({data.split: [0, 1, 2]} or {seed: [0, 1, 2]}); trials are
+    # ranked by the mean over the repeats of their best epoch.
+    repeat: dict[str, list[Any]] | None = None
+    start_from: str | None = None  # an earlier sweep's parent run id: its best configs are tried first
+    time_budget_s: float | None = Field(None, gt=0)  # stop the sweep (running trials too) after this time
+
+    @field_validator("repeat")
+    @classmethod
+    def _one_repeat_key(cls, repeat: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if repeat is None:
+            return repeat
+        if len(repeat) != 1:
+            raise ValueError(f"takes one key and its list of values, got {len(repeat)} keys")
+        key, values = next(iter(repeat.items()))
+        section, _, arg = key.partition(".")
+        if section not in ("model", "data", "trainer", "seed") or (section != "seed" and not arg):
+            raise ValueError(f"{key} must name model.<arg>, data.<arg>, trainer.<arg> or seed")
+        if len(values) < 2 or len({repr(v) for v in values}) != len(values):
+            raise ValueError(f"{key} needs at least two distinct values, got {values}")
+        return repeat
+
+    @model_validator(mode="after")
+    def _repeat_not_searched(self) -> SweepConfig:
+        if self.repeat is not None and next(iter(self.repeat)) in self.space:
+            raise ValueError(f"{next(iter(self.repeat))} is both searched (space) and repeated (repeat)")
+        return self
 
 
 DEFAULT_MAX_EPOCHS = 100  # Lightning's own default for trainer.max_epochs

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from plexlab import plots, schema, tracking, train
+from plexlab import plots, schema, sweep_repeats, tracking, train
 from plexlab.config import ExperimentConfig, flatten, load
 from plexlab.errors import ConfigError
 from plexlab.sweep_trial import CHECKPOINT_FILE, trial_folder
@@ -75,6 +75,10 @@ def close_trial_runs(
         history = [value for _, value in run.history(metric)]
         if history and schema.best(metric) not in child.metrics:
             run.log_metrics({schema.best(metric): max(history) if mode == "max" else min(history)})
+        if cfg.sweep is not None and cfg.sweep.repeat is not None:
+            _close_repeat_runs(cfg, run, trial in succeeded)
+            if schema.mean(metric) not in child.metrics:
+                sweep_repeats.summarize_trial(run, cfg.name, metric)
         unexplained_failure = child.status == "FAILED" and schema.ERROR not in child.tags
         if child.status != "RUNNING" and not unexplained_failure:
             continue
@@ -86,12 +90,35 @@ def close_trial_runs(
             run.end("FINISHED")
 
 
+def _close_repeat_runs(cfg: ExperimentConfig, trial_run: tracking.Run, succeeded: bool) -> None:
+    """A torn-down trial's repeat runs left RUNNING get the trial's verdict, like the trial's own run."""
+    for record in sweep_repeats.repeat_records(trial_run, cfg.name):
+        if record.status != "RUNNING":
+            continue
+        run = tracking.Run.attach(trial_run.uri, record.run_id)
+        if succeeded:
+            run.set_tags({schema.STOPPED: "stopped early by the scheduler"})
+            run.end("FINISHED")
+        else:
+            run.set_tags({schema.ERROR: "the trial failed; see Tune's error file for it"})
+            run.end("FAILED")
+
+
 def summarize(
-    cfg: ExperimentConfig, grid: Any, parent: tracking.Run, metric: str, mode: str, path: str
+    cfg: ExperimentConfig,
+    grid: Any,
+    parent: tracking.Run,
+    metric: str,
+    mode: str,
+    path: str,
+    where: dict[str, str] | None = None,
 ) -> SweepResult:
-    """Best trial by its best epoch; results table, plot and best config logged to the parent run."""
+    """Best trial by its best epoch (a repeated one by its mean); results table, plot and best config logged
+    to the parent run. `where`: the Tune folder of each trial of an extended sweep (default: `path`)."""
     assert cfg.sweep is not None
     rows = [_trial_row(result, metric, mode) for result in grid]
+    if cfg.sweep.repeat is not None:
+        _score_by_repeat_mean(cfg, parent, rows, metric)
     scored = [r for r in rows if r[metric] is not None]
     if not scored:
         raise ConfigError(cfg.source, "sweep", f"no trial reported {metric}; see the trials' errors above")
@@ -99,18 +126,23 @@ def summarize(
     best_result = next(r for r in grid if r.metrics.get("trial_id") == top["trial"])
     best_config = load(cfg.to_dict(), {k: top[k] for k in flatten(best_result.config or {})}).public_dict()
     # The runner's best-epoch checkpoint when the trial folder is reachable; else Tune's best reported one.
-    local_best = trial_folder(path, top["trial"]) / "checkpoints" / "best.ckpt"
+    trial_path = (where or {}).get(top["trial"], path)
+    local_best = trial_folder(trial_path, top["trial"]) / _best_repeat(
+        cfg, parent, top["trial"], metric, mode
+    )
+    local_best = local_best / "checkpoints" / "best.ckpt"
     best_checkpoint: Path | None = local_best if local_best.exists() else None
     if best_checkpoint is None and best_result.best_checkpoints:  # multi-worker trials report none to Tune
         tune_best = best_result.get_best_checkpoint(metric, mode)
         best_checkpoint = Path(tune_best.path) / CHECKPOINT_FILE if tune_best else None
-    parent.log_metrics(
-        {
-            schema.best(metric): top[metric],
-            schema.TRIALS: len(rows),
-            schema.TRIALS_FAILED: sum(r["error"] for r in rows),
-        }
+    # With repeats a trial's score is the mean over its repeats, not one epoch's best.
+    scores = (
+        {schema.mean(metric): top[metric], schema.std(metric): top.get(schema.std(metric))}
+        if cfg.sweep.repeat is not None
+        else {schema.best(metric): top[metric]}
     )
+    counts = {schema.TRIALS: len(rows), schema.TRIALS_FAILED: sum(r["error"] for r in rows)}
+    parent.log_metrics({k: v for k, v in {**scores, **counts}.items() if v is not None})
     parent.set_tags({schema.BEST_TRIAL: top["trial"]})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -139,6 +171,33 @@ def _trial_row(result: Any, metric: str, mode: str) -> dict[str, Any]:
     best = None if values is None or values.empty else float(values.max() if mode == "max" else values.min())
     params = flatten(result.config or {})
     return {"trial": result.metrics.get("trial_id"), **params, metric: best, "error": bool(result.error)}
+
+
+def _score_by_repeat_mean(
+    cfg: ExperimentConfig, parent: tracking.Run, rows: list[dict[str, Any]], metric: str
+) -> None:
+    """A repeated trial's score is its run's mean over the repeats' best epochs (Tune saw the mean curve,
+    whose best epoch is another number)."""
+    runs = {r.tags.get(schema.TRIAL_ID): r for r in trial_runs(cfg, parent)}
+    for row in rows:
+        record = runs.get(row["trial"])
+        metrics = record.metrics if record is not None else {}
+        row[metric] = metrics.get(schema.mean(metric))
+        row[schema.std(metric)] = metrics.get(schema.std(metric))
+        row[schema.REPEATS] = metrics.get(schema.REPEATS)
+
+
+def _best_repeat(cfg: ExperimentConfig, parent: tracking.Run, trial: str, metric: str, mode: str) -> str:
+    """The folder (under the trial's) of the checkpoint to hand back: the trial's best repeat's, if any."""
+    assert cfg.sweep is not None
+    if cfg.sweep.repeat is None:
+        return ""
+    run = tracking.find_run(
+        parent.uri, cfg.name, {schema.TRIAL_ID: trial, schema.PARENT_RUN_ID: parent.run_id}
+    )
+    if run is None:
+        return ""
+    return sweep_repeats.best_repeat_folder(run, cfg.name, cfg.sweep.repeat, metric, mode)
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -66,19 +66,21 @@ def scheduler(cfg: ExperimentConfig) -> Any:
     return s.FIFOScheduler()
 
 
-def search_algorithm(cfg: ExperimentConfig, metric: str, mode: str) -> Any:
-    """Random and grid use Tune's own variant generator (None); optuna and hyperopt need their extras."""
+def search_algorithm(cfg: ExperimentConfig, metric: str, mode: str, **warm_start: Any) -> Any:
+    """Random and grid use Tune's own variant generator (None); optuna and hyperopt need their extras.
+    `warm_start`: the searcher's `points_to_evaluate` (and Optuna's `evaluated_rewards`)."""
     assert cfg.sweep is not None
     name = cfg.sweep.search.name
     try:
         if name == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            algo = OptunaSearch(metric=metric, mode=mode, seed=cfg.seed)
+            algo = OptunaSearch(metric=metric, mode=mode, seed=cfg.seed, **warm_start)
         elif name == "hyperopt":
             from ray.tune.search.hyperopt import HyperOptSearch
 
-            algo = HyperOptSearch(metric=metric, mode=mode, random_state_seed=cfg.seed)
+            warm_start.pop("evaluated_rewards", None)  # Ray's HyperOpt wrapper takes no scores
+            algo = HyperOptSearch(metric=metric, mode=mode, random_state_seed=cfg.seed, **warm_start)
         else:
             return None
     except (ImportError, AssertionError) as exc:

@@ -39,6 +39,8 @@ class TrialSpec:
     storage: str  # Tune's storage root
     path: str  # this sweep's folder under it
     max_failures: int
+    metric: str = ""  # what the sweep ranks by (a repeated trial reports its mean)
+    repeat: dict[str, list[Any]] | None = None  # sweep.repeat: one key and its values
 
 
 def trial_folder(sweep_path: str, trial_id: str) -> Path:
@@ -62,7 +64,7 @@ def private_temp_root() -> Path:
     return root
 
 
-class _ReportToTune(pl.Callback):
+class ReportToTune(pl.Callback):
     """Report every epoch's metrics to Tune after the best checkpoint is saved; attach a resumable
     checkpoint every `every` epochs. (Ray's own callback reports before Lightning's ModelCheckpoint runs,
     so a trial stopped at that report would lose its best epoch.)"""
@@ -70,9 +72,14 @@ class _ReportToTune(pl.Callback):
     def __init__(self, every: int) -> None:
         self.every = every
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def epoch_metrics(self, trainer: pl.Trainer) -> dict[str, float]:
+        """What this epoch reports (repeats replace the sweep metric by its mean over the repeats)."""
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics["epoch"] = trainer.current_epoch
+        return metrics
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = self.epoch_metrics(trainer)
         last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
         if (trainer.current_epoch + 1) % self.every and not last:
             tune.report(metrics)
@@ -123,7 +130,12 @@ def run_trial(params: dict[str, Any], *, spec: TrialSpec) -> None:
         if spec.workers > 1:
             _fit_distributed(cfg, run, spec, trial_id)
             return
-        callbacks: list[pl.Callback] = [_ReportToTune(spec.checkpoint_every)]
+        if spec.repeat is not None:
+            from plexlab import sweep_repeats  # it builds on this module's report callback
+
+            sweep_repeats.run_repeats(cfg, run, spec, trial_id)
+            return
+        callbacks: list[pl.Callback] = [ReportToTune(spec.checkpoint_every)]
         if spec.pbt:
             callbacks.append(_ApplyMutatedLearningRate())
         hooks = train.TrainerHooks(callbacks=callbacks)
