@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from plexlab.datamodules.hypergraph import NodeBatch
 from plexlab.modules.hypergraph.node_classifier import NodeClassifier
+from plexlab.modules.layers import mlp
 from torch import nn
-
-
-def mlp(sizes: list[int], dropout: float, norm: bool = True) -> nn.Sequential:
-    """Linear layers with LayerNorm, ReLU and dropout between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers += [nn.LayerNorm(b) if norm else nn.Identity(), nn.ReLU(), nn.Dropout(dropout)]
-    return nn.Sequential(*layers)
 
 
 class NodeMLP(NodeClassifier):
@@ -35,7 +24,7 @@ class NodeMLP(NodeClassifier):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = mlp([in_dim] + [hidden] * (num_layers - 1) + [num_classes], dropout)
+        self.net = mlp([in_dim] + [hidden] * (num_layers - 1) + [num_classes], dropout, norm=nn.LayerNorm)
         self.input_dropout = nn.Dropout(dropout)
 
     def logits(self, batch: NodeBatch) -> torch.Tensor:
