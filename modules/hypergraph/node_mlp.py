@@ -10,7 +10,17 @@ from torch import nn
 
 
 class NodeMLP(NodeClassifier):
-    """Features -> MLP -> classes, trained with cross entropy on the labelled nodes."""
+    """Features -> MLP -> classes, trained with cross entropy on the labelled nodes.
+
+    Args:
+        in_dim: node feature width (from the data module).
+        num_classes: number of node classes (from the data module).
+        hidden: width of the hidden layers.
+        num_layers: linear layers in all (2: one hidden layer).
+        dropout: dropout on the input features and after each hidden layer.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+    """
 
     def __init__(
         self,
