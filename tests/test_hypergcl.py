@@ -3,6 +3,7 @@ contrastive loss (the reference's negatives), the linear projector, learning on 
 
 import json
 import math
+import typing
 
 import lightning.pytorch as pl
 import numpy as np
@@ -13,7 +14,7 @@ from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.hypergraph import Hypergraph, HypergraphDataModule
 from plexlab.modules.hypergraph.hypergcl import HyperGCL, node_infonce
 from plexlab.modules.hypergraph.node_mlp import NodeMLP
-from plexlab.modules.hypergraph.views import View, fabricate
+from plexlab.modules.hypergraph.views import VIEWS, View, fabricate
 from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -210,3 +211,9 @@ def test_hypergcl_beats_feature_mlp_on_tiny_hypergraph(tmp_path):
     mlp_acc = _test_accuracy(NodeMLP, folder)
     hgcl_acc = _test_accuracy(HyperGCL, folder, aug="hyperedge")
     assert hgcl_acc > mlp_acc + 0.1, (hgcl_acc, mlp_acc)
+
+
+def test_model_offers_exactly_the_views_there_are():
+    # The config checks `aug` against the model's Literal: a view added to VIEWS must be offered there too.
+    offered = typing.get_args(typing.get_type_hints(HyperGCL.__init__)["aug"])
+    assert set(offered) == set(VIEWS) | {"none"}
