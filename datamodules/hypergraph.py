@@ -3,6 +3,13 @@
 A data set folder holds `hyperedges.json` ({"hyperedges": [[node ids], ...]}), `features.npz` (scipy CSR),
 `labels.npy` (int64, one per node) and `splits.json` (a list of {"train": [...], "test": [...]} and optionally
 "val"). The whole graph is one batch (full-batch training, as in the papers).
+
+Two split protocols, chosen by `protocol`; `split` is the run index in both:
+- "hypergcn": split `split` of splits.json (HyperGCN's fixed splits, 140 training nodes on Cora); validation
+  nodes are drawn from its test nodes (`val_fraction`, default 0.2 of them). Few labels: the harder protocol.
+- "random": the HyperGCL/AllSet protocol, a random permutation of all nodes seeded by (`seed`, `split`):
+  `train_fraction` (default 0.1) train, `val_fraction` (default 0.1) validation, the rest (0.8) test.
+  splits.json is not read; splits 0..19 are the paper's 20 runs.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -128,6 +135,23 @@ def read_split(path: Path, index: int, num_nodes: int) -> dict[str, np.ndarray]:
     return parts
 
 
+def random_split(
+    n: int, train_fraction: float, val_fraction: float, seed: int, split: int
+) -> dict[str, np.ndarray]:
+    """A random train/val/test partition of `n` nodes (AllSet's `rand_train_test_idx`, not stratified).
+
+    The permutation is drawn from (`seed`, `split`), so each split index is one reproducible run; the train
+    and val sizes are rounded and every remaining node is a test node.
+    """
+    order = np.random.default_rng([seed, split]).permutation(n)
+    n_train, n_val = round(train_fraction * n), round(val_fraction * n)
+    return {
+        "train": np.sort(order[:n_train]),
+        "val": np.sort(order[n_train : n_train + n_val]),
+        "test": np.sort(order[n_train + n_val :]),
+    }
+
+
 def incidences(edges: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Star expansion of hyperedges: (node_idx, edge_idx) pairs, duplicates within a hyperedge removed."""
     nodes, owners = [], []
@@ -139,20 +163,60 @@ def incidences(edges: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class HypergraphDataModule(pl.LightningDataModule):
-    """Full-batch hypergraph node classification on one of the benchmark's fixed splits.
+    """Full-batch hypergraph node classification on a HyperGCN split or a random 10/10/80 split.
 
-    The HyperGCN splits hold train and test nodes only. A validation set (for model selection and early
-    stopping) is drawn from the non-training nodes with `val_fraction` and `seed`, so test accuracy is
-    reported on nodes never used for selection; a split that lists "val" nodes itself is used as given.
+    Args:
+        path: folder with hyperedges.json, features.npz (or .npy), labels.npy and splits.json.
+        split: run index: the row of splits.json ("hypergcn") or the seed of the permutation ("random").
+        protocol: "hypergcn" (fixed splits, validation from their test nodes) or "random" (10/10/80).
+        val_fraction: "hypergcn": share of the split's test nodes moved to validation (default 0.2);
+            "random": share of all nodes (default 0.1). A split that lists "val" nodes itself keeps them.
+        train_fraction: "random" only: share of all nodes used for training (default 0.1).
+        seed: seeds the validation draw ("hypergcn") and, with `split`, the permutation ("random").
     """
 
-    def __init__(self, path: str | Path, split: int = 0, val_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        split: int = 0,
+        protocol: Literal["hypergcn", "random"] = "hypergcn",
+        val_fraction: float | None = None,
+        train_fraction: float | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
-        if not 0.0 <= val_fraction < 1.0:
-            raise DataError(path, f"val_fraction must be in [0, 1), got {val_fraction}")
+        if split < 0:
+            raise DataError(path, f"split must be a non-negative run index, got {split}")
+        if protocol == "hypergcn" and train_fraction is not None:
+            raise DataError(
+                path, "train_fraction applies to protocol random; HyperGCN splits fix the train nodes"
+            )
+        val = (0.2 if protocol == "hypergcn" else 0.1) if val_fraction is None else val_fraction
+        train = 0.1 if train_fraction is None else train_fraction
+        if not 0.0 <= val < 1.0:
+            raise DataError(path, f"val_fraction must be in [0, 1), got {val:g}")
+        if protocol == "random" and not (0.0 < train and train + val < 1.0):
+            raise DataError(
+                path, f"train_fraction {train:g} + val_fraction {val:g} must leave test nodes (sum below 1)"
+            )
         self.save_hyperparameters()
         self.path = Path(path)
+        self.val_fraction, self.train_fraction = val, train
         self.batch: NodeBatch | None = None
+
+    def _parts(self, folder: Path, n: int) -> dict[str, np.ndarray]:
+        """Train, val and test node ids of this run under the chosen protocol."""
+        if self.hparams.protocol == "random":
+            return random_split(
+                n, self.train_fraction, self.val_fraction, self.hparams.seed, self.hparams.split
+            )
+        parts = read_split(folder / "splits.json", self.hparams.split, n)
+        if "val" not in parts:
+            rng = np.random.default_rng(self.hparams.seed)
+            val = rng.choice(parts["test"], size=round(self.val_fraction * len(parts["test"])), replace=False)
+            parts["val"] = np.sort(val)
+            parts["test"] = np.setdiff1d(parts["test"], val)
+        return parts
 
     def setup(self, stage: str | None = None) -> None:
         if self.batch is not None:
@@ -169,13 +233,7 @@ class HypergraphDataModule(pl.LightningDataModule):
         n = x.shape[0]
         labels = read_labels(folder / "labels.npy", n)
         edges = read_hyperedges(folder / "hyperedges.json", n)
-        parts = read_split(folder / "splits.json", self.hparams.split, n)
-        if "val" not in parts:
-            rng = np.random.default_rng(self.hparams.seed)
-            size = round(self.hparams.val_fraction * len(parts["test"]))
-            val = rng.choice(parts["test"], size=size, replace=False)
-            parts["val"] = np.sort(val)
-            parts["test"] = np.setdiff1d(parts["test"], val)
+        parts = self._parts(folder, n)
         node_idx, edge_idx = incidences(edges)
 
         def mask(ids: np.ndarray) -> torch.Tensor:

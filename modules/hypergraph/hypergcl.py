@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from plexlab.datamodules.hypergraph import Hypergraph, NodeBatch
 from plexlab.modules.hypergraph.node_classifier import NodeClassifier
-from plexlab.modules.hypergraph.node_mlp import mlp
 from plexlab.modules.hypergraph.vhgae import VHGAE
 from plexlab.modules.hypergraph.views import View, fabricate
+from plexlab.modules.layers import mlp
 from torch import nn
 
 
@@ -39,20 +39,35 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, s
     return total / norm.clamp_min(1e-12).unsqueeze(1)
 
 
-def node_infonce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def node_infonce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    kept1: torch.Tensor | None = None,
+    kept2: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Node-level InfoNCE between two views (GRACE form), symmetric, with intra-view negatives.
 
-    For vertex i in view 1 the positive is i in view 2; the negatives are every other vertex of both views.
+    `z1`, `z2` hold one row per vertex of the graph; `kept1`, `kept2` (bool, default all) mark the vertices
+    each view kept. For a vertex i kept in both views, anchored in view 1, the positive is i in view 2 and
+    the negatives are every other vertex kept in view 1 or in view 2, as the reference's `com_semi_loss`:
+    only the positives are restricted to the shared vertices. The loss is the mean over those anchors of
+    both directions.
     """
-
-    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    # Three similarity matrices serve both directions (z2 @ z1.T is the transpose of z1 @ z2.T).
-    between = torch.exp(z1 @ z2.T / temperature)
-    within1 = torch.exp(z1 @ z1.T / temperature)
-    within2 = torch.exp(z2 @ z2.T / temperature)
-    positive = between.diagonal()
-    denominator1 = between.sum(1) + within1.sum(1) - within1.diagonal()
-    denominator2 = between.sum(0) + within2.sum(1) - within2.diagonal()
+    every = torch.ones(z1.shape[0], dtype=torch.bool, device=z1.device)
+    kept1 = every if kept1 is None else kept1
+    kept2 = every if kept2 is None else kept2
+    shared = kept1 & kept2
+    a, b = F.normalize(z1[kept1], dim=1), F.normalize(z2[kept2], dim=1)
+    # Row of each shared vertex among the kept rows of each view.
+    in_a, in_b = (torch.cumsum(kept1, 0) - 1)[shared], (torch.cumsum(kept2, 0) - 1)[shared]
+    # Three similarity matrices serve both directions (b @ a.T is the transpose of a @ b.T).
+    between = torch.exp(a @ b.T / temperature)
+    within1 = torch.exp(a @ a.T / temperature)
+    within2 = torch.exp(b @ b.T / temperature)
+    positive = between[in_a, in_b]
+    denominator1 = (between.sum(1) + within1.sum(1) - within1.diagonal())[in_a]
+    denominator2 = (between.sum(0) + within2.sum(1) - within2.diagonal())[in_b]
     return 0.5 * (-torch.log(positive / denominator1) - torch.log(positive / denominator2)).mean()
 
 
@@ -62,10 +77,10 @@ class AllDeepSetsLayer(nn.Module):
     def __init__(self, in_dim: int, hidden: int, mlp_layers: int, dropout: float) -> None:
         super().__init__()
         sizes = [hidden] * mlp_layers
-        self.v2e_in = mlp([in_dim, *sizes], dropout)
-        self.v2e_out = mlp([hidden, *sizes], dropout)
-        self.e2v_in = mlp([hidden, *sizes], dropout)
-        self.e2v_out = mlp([hidden, *sizes], dropout)
+        self.v2e_in = mlp([in_dim, *sizes], dropout, norm=nn.LayerNorm)
+        self.v2e_out = mlp([hidden, *sizes], dropout, norm=nn.LayerNorm)
+        self.e2v_in = mlp([hidden, *sizes], dropout, norm=nn.LayerNorm)
+        self.e2v_out = mlp([hidden, *sizes], dropout, norm=nn.LayerNorm)
 
     def forward(
         self,
@@ -112,10 +127,30 @@ class AllDeepSets(nn.Module):
 class HyperGCL(NodeClassifier):
     """HyperGCL: AllDeepSets + joint cross entropy and node-level InfoNCE, fabricated or generative views.
 
-    `contrast_weight` weighs the InfoNCE between two fabricated views (views="fabricated"). With
-    views="generative" the encoder step weighs InfoNCE(fabricated, generated) by `generated_contrast_weight`
-    (paper: 0.5) and the generator minimises L_VHGAE - `generator_contrast_weight` (paper: 10) x InfoNCE with
-    its own Adam (`generator_lr`, 1e-3 as in the reference code) and Gumbel temperature `gumbel_tau` (1).
+    Args:
+        in_dim: node feature width (from the data module).
+        num_classes: number of node classes (from the data module).
+        hidden: width of every encoder, classifier and projector layer.
+        num_layers: AllDeepSets rounds (vertex -> hyperedge -> vertex).
+        mlp_layers: linear layers in each DeepSets MLP.
+        dropout: dropout on the input features, between rounds and inside the MLPs.
+        aug: fabricated view, with the reference's names (modules/hypergraph/views.py): "edge" drops
+            incidences, "hyperedge" hyperedges, "node" vertices, "feature" gives vertices the mean feature
+            vector, "feature_columns" masks feature columns (not in the paper), "subgraph" random walks;
+            "none" trains the plain encoder (the ablation).
+        aug_ratio: fraction of the things the view drops or masks (paper: 0.3).
+        contrast_weight: weight of InfoNCE(fabricated, fabricated) beside cross entropy (paper: 0.1).
+        temperature: InfoNCE temperature on cosine similarities (paper: 0.3).
+        lr: Adam learning rate of the encoder, classifier and projector.
+        weight_decay: Adam weight decay of the same.
+        views: "fabricated" contrasts two fabricated views; "generative" adds the VHGAE view generator.
+        generator_lr: the generator's own Adam learning rate (1e-3 as in the reference code).
+        generator_contrast_weight: the generator minimises L_VHGAE - this x InfoNCE (paper: 10).
+        generated_contrast_weight: the encoder step's weight of InfoNCE(fabricated, generated) (paper: 0.5).
+        gumbel_tau: temperature of the generator's hard Gumbel-softmax.
+        projector_layers: linear layers of the projection head; 1 (linear) as in the reference.
+        negatives: "view" (the reference's): every other vertex either view kept is a negative; "shared"
+            restricts negatives to the vertices both views kept, as this code did before.
     """
 
     def __init__(
@@ -126,7 +161,7 @@ class HyperGCL(NodeClassifier):
         num_layers: int = 1,
         mlp_layers: int = 2,
         dropout: float = 0.2,
-        aug: Literal["edge", "incidence", "node", "feature", "subgraph", "none"] = "edge",
+        aug: Literal["edge", "hyperedge", "node", "feature", "feature_columns", "subgraph", "none"] = "edge",
         aug_ratio: float = 0.3,
         contrast_weight: float = 0.1,
         temperature: float = 0.3,
@@ -137,12 +172,17 @@ class HyperGCL(NodeClassifier):
         generator_contrast_weight: float = 10.0,
         generated_contrast_weight: float = 0.5,
         gumbel_tau: float = 1.0,
+        projector_layers: int = 1,
+        negatives: Literal["view", "shared"] = "view",
     ) -> None:
         super().__init__()
+        if projector_layers < 1:
+            raise ValueError(f"projector_layers must be at least 1, got {projector_layers}")
         self.save_hyperparameters()
         self.encoder = AllDeepSets(in_dim, hidden, num_layers, mlp_layers, dropout)
-        self.classifier = mlp([hidden, hidden, num_classes], dropout)
-        self.projector = mlp([hidden, hidden, hidden], 0.0, norm=False)
+        self.classifier = mlp([hidden, hidden, num_classes], dropout, norm=nn.LayerNorm)
+        # Linear as in the reference; more layers put Identity/ReLU/Dropout(0) between (the old 2-layer head).
+        self.projector = mlp([hidden] * (projector_layers + 1), 0.0, norm=nn.Identity)
         if views == "generative":
             self.automatic_optimization = False  # generator and encoder steps alternate
             generator_encoder = AllDeepSets(in_dim, hidden, num_layers, mlp_layers, dropout)
@@ -162,11 +202,13 @@ class HyperGCL(NodeClassifier):
         )
 
     def contrastive_loss(self, v1: View, v2: View) -> torch.Tensor:
-        """InfoNCE over the vertices both views kept."""
-        shared = v1.kept & v2.kept
-        z1 = self.projector(self.encoder(v1.graph, v1.weight))[shared]
-        z2 = self.projector(self.encoder(v2.graph, v2.weight))[shared]
-        return node_infonce(z1, z2, self.hparams.temperature)
+        """InfoNCE with the vertices both views kept as positives; negatives per `negatives`."""
+        z1 = self.projector(self.encoder(v1.graph, v1.weight))
+        z2 = self.projector(self.encoder(v2.graph, v2.weight))
+        if self.hparams.negatives == "shared":  # the old restriction of negatives to the shared vertices
+            shared = v1.kept & v2.kept
+            return node_infonce(z1, z2, self.hparams.temperature, shared, shared)
+        return node_infonce(z1, z2, self.hparams.temperature, v1.kept, v2.kept)
 
     def training_step(self, batch: NodeBatch, batch_idx: int) -> torch.Tensor | None:
         if self.hparams.views == "generative":

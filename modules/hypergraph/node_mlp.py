@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from plexlab.datamodules.hypergraph import NodeBatch
 from plexlab.modules.hypergraph.node_classifier import NodeClassifier
+from plexlab.modules.layers import mlp
 from torch import nn
 
 
-def mlp(sizes: list[int], dropout: float, norm: bool = True) -> nn.Sequential:
-    """Linear layers with LayerNorm, ReLU and dropout between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers += [nn.LayerNorm(b) if norm else nn.Identity(), nn.ReLU(), nn.Dropout(dropout)]
-    return nn.Sequential(*layers)
-
-
 class NodeMLP(NodeClassifier):
-    """Features -> MLP -> classes, trained with cross entropy on the labelled nodes."""
+    """Features -> MLP -> classes, trained with cross entropy on the labelled nodes.
+
+    Args:
+        in_dim: node feature width (from the data module).
+        num_classes: number of node classes (from the data module).
+        hidden: width of the hidden layers.
+        num_layers: linear layers in all (2: one hidden layer).
+        dropout: dropout on the input features and after each hidden layer.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+    """
 
     def __init__(
         self,
@@ -35,7 +34,7 @@ class NodeMLP(NodeClassifier):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = mlp([in_dim] + [hidden] * (num_layers - 1) + [num_classes], dropout)
+        self.net = mlp([in_dim] + [hidden] * (num_layers - 1) + [num_classes], dropout, norm=nn.LayerNorm)
         self.input_dropout = nn.Dropout(dropout)
 
     def logits(self, batch: NodeBatch) -> torch.Tensor:

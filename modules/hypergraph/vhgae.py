@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from plexlab.datamodules.hypergraph import Hypergraph
-from plexlab.modules.hypergraph.node_mlp import mlp
 from plexlab.modules.hypergraph.views import View
+from plexlab.modules.layers import mlp
 from torch import nn
 
 
@@ -83,8 +83,8 @@ class GaussianHead(nn.Module):
 
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.mean = mlp([hidden, hidden, hidden], 0.0, norm=False)
-        self.std = mlp([hidden, hidden, hidden], 0.0, norm=False)
+        self.mean = mlp([hidden, hidden, hidden], 0.0, norm=nn.Identity)
+        self.std = mlp([hidden, hidden, hidden], 0.0, norm=nn.Identity)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sample, mean, std), the sample by reparameterisation."""
@@ -105,7 +105,7 @@ class VHGAE(nn.Module):
         self.encoder = encoder
         self.node_head = GaussianHead(hidden)
         self.edge_head = GaussianHead(hidden)
-        self.decoder = mlp([hidden, hidden, 2], 0.0, norm=False)
+        self.decoder = mlp([hidden, hidden, 2], 0.0, norm=nn.Identity)
         self.tau = tau
 
     def score(

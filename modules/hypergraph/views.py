@@ -1,8 +1,14 @@
 """Fabricated hypergraph views for contrastive learning (HyperGCL): each drops or masks one thing.
 
+The names are the reference code's (`--aug`): `edge` drops vertex-hyperedge incidences (the reference's
+`permute_edges` on the star expansion), `hyperedge` drops whole hyperedges, `node` drops vertices, `feature`
+gives a `ratio` of the vertices the mean feature vector (the reference's `mask_nodes`), `subgraph` keeps the
+vertices random walks reach. `feature_columns` (the mean of a `ratio` of the feature columns for every
+vertex) is not in the paper: it is kept for comparison under its own name.
+
 Every view returns a new graph and never mutates its input (the reference code edits the index tensors in
 place). Vertices a view drops keep their row, with zeroed features and no incidences, and are marked in
-`kept`: the contrastive loss uses only vertices kept in both views.
+`kept`: they are absent from that view, neither positives nor negatives of the contrastive loss.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Literal
 import torch
 from plexlab.datamodules.hypergraph import Hypergraph
 
-ViewName = Literal["edge", "incidence", "node", "feature", "subgraph"]
+ViewName = Literal["edge", "hyperedge", "node", "feature", "feature_columns", "subgraph"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ def _all_kept(g: Hypergraph) -> torch.Tensor:
     return torch.ones(g.num_nodes, dtype=torch.bool, device=g.x.device)
 
 
-def drop_edges(g: Hypergraph, ratio: float) -> View:
+def drop_hyperedges(g: Hypergraph, ratio: float) -> View:
     """Drop a `ratio` of the hyperedges with all their incidences."""
     kept_edges = _random_subset(g.num_edges, _keep_count(g.num_edges, ratio), g.x.device)
     return View(_select_incidences(g, kept_edges[g.edge_idx]), _all_kept(g))
@@ -65,8 +71,15 @@ def drop_nodes(g: Hypergraph, ratio: float) -> View:
     return _restrict_to(g, _random_subset(g.num_nodes, _keep_count(g.num_nodes, ratio), g.x.device))
 
 
-def mask_features(g: Hypergraph, ratio: float) -> View:
-    """Replace a `ratio` of the feature columns by their mean over vertices."""
+def mask_vertex_features(g: Hypergraph, ratio: float) -> View:
+    """Give a `ratio` of the vertices the mean feature vector over vertices (the reference's `mask_nodes`)."""
+    rows = ~_random_subset(g.num_nodes, _keep_count(g.num_nodes, ratio), g.x.device)
+    x = torch.where(rows.unsqueeze(1), g.x.mean(dim=0, keepdim=True), g.x)
+    return View(replace(g, x=x), _all_kept(g))
+
+
+def mask_feature_columns(g: Hypergraph, ratio: float) -> View:
+    """Replace a `ratio` of the feature columns, for every vertex, by their mean over vertices."""
     cols = ~_random_subset(g.x.shape[1], _keep_count(g.x.shape[1], ratio), g.x.device)
     x = torch.where(cols.unsqueeze(0), g.x.mean(dim=0, keepdim=True), g.x)
     return View(replace(g, x=x), _all_kept(g))
@@ -110,10 +123,11 @@ def random_walk_subgraph(g: Hypergraph, ratio: float, walkers: int = 64, max_ste
 
 
 VIEWS = {
-    "edge": drop_edges,
-    "incidence": drop_incidences,
+    "edge": drop_incidences,
+    "hyperedge": drop_hyperedges,
     "node": drop_nodes,
-    "feature": mask_features,
+    "feature": mask_vertex_features,
+    "feature_columns": mask_feature_columns,
     "subgraph": random_walk_subgraph,
 }
 
