@@ -100,7 +100,8 @@ def test_a_bad_key_names_the_base_file_it_came_from(tmp_path: Path, experiment: 
 
 
 def test_a_bad_key_of_the_file_itself_names_that_file(tmp_path: Path, experiment: Path) -> None:
-    sweep = write(tmp_path / "sweep.yaml", {"base": "experiments/exp.yaml", "name": "s", "model": {"lr": "x"}})
+    own = {"base": "experiments/exp.yaml", "name": "s", "model": {"lr": "x"}}
+    sweep = write(tmp_path / "sweep.yaml", own)
     with pytest.raises(ConfigError, match=rf"^{sweep}: model\.lr: "):
         config.load(sweep)
 
@@ -122,7 +123,7 @@ def test_check_refuses_what_a_sweep_could_not_run(tmp_path: Path, experiment: Pa
         tmp_path / "sweep.yaml",
         {"base": "experiments/exp.yaml", "sweep": {"scheduler": {"name": "asha", "grace_period": 50}}},
     )
-    with pytest.raises(ConfigError, match="sweep.scheduler.grace_period"):
+    with pytest.raises(ConfigError, match=r"sweep\.scheduler\.grace_period"):
         api.check(sweep)
 
 
