@@ -312,6 +312,14 @@ def _validate_space(cfg: ExperimentConfig, source: str) -> None:
     for key in cfg.sweep.scheduler.mutations or []:
         if key not in cfg.sweep.space:
             raise ConfigError(source, "sweep.scheduler.mutations", f"{key} is not a key of sweep.space")
+    if cfg.sweep.scheduler.name == "pbt":  # an exploited trial inherits the optimizer state: rates in it
+        for key in cfg.sweep.scheduler.mutations or cfg.sweep.space:
+            arg = key.partition(".")[2]
+            if key.startswith("model.") and arg != "lr" and "lr" in arg.split("_"):
+                where = "sweep.scheduler.mutations" if cfg.sweep.scheduler.mutations else f"sweep.space.{key}"
+                raise ConfigError(
+                    source, where, f"PBT cannot mutate {key}: the one rate it mutates is model.lr"
+                )
 
 
 @cache

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "plexlab_sweeps"
 DRIVER_CPU = 0.01  # the function of a multi-worker trial, which only waits on its Train workers
-TUNE_CHECKPOINTS_KEPT = 2
 
 __all__ = ["SweepResult", "status_rows", "sweep", "sweep_name"]
 
@@ -183,7 +182,7 @@ def _tuner(
             name=name,
             storage_path=root,
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.sweep.checkpoints_kept),
             verbose=1,
         ),
     )

@@ -64,6 +64,8 @@ class SweepConfig(Strict):
     max_failures: int = Field(1, ge=0)
     # Report every epoch, but write a resumable checkpoint only every n epochs (checkpoints cost I/O).
     checkpoint_every: int = Field(1, ge=1)
+    # Tune checkpoints kept per trial (the newest): what a resumed or retried trial continues from.
+    checkpoints_kept: int = Field(2, ge=1)
     storage: str | None = None  # default: ./plexlab_sweeps; must be shared storage on a multi-host cluster
 
 
