@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,76 @@ def test_resume_refuses_another_config(workdir: Path, capsys) -> None:
     assert cli.main(["fit", "exp.yaml", "--resume", run_id, "--set", "model.hidden=16"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "trained another config" in err, err
+
+
+# ---- the SLURM script requeues a preempted fit and resumes it ------------------------------------------
+
+SLURM = Path(__file__).resolve().parents[1] / "docker" / "cluster" / "slurm.sbatch"
+
+SHIMS = {
+    # Records its arguments; with SIM_SLEEP it trains until SIGTERM, which it records too.
+    "plexlab": """#!/bin/bash
+        printf '%s\\n' "$@" > "$SIM_OUT/plexlab.args"
+        if [ -n "${SIM_SLEEP:-}" ]; then
+            trap 'echo term > "$SIM_OUT/plexlab.term"; exit 143' TERM
+            touch "$SIM_OUT/plexlab.started"
+            while :; do sleep 0.1; done
+        fi
+        """,
+    "scontrol": """#!/bin/bash
+        printf '%s\\n' "$@" > "$SIM_OUT/scontrol.args"
+        """,
+}
+
+
+def slurm_fit(tmp_path: Path, **env: str) -> subprocess.Popen:
+    shims = tmp_path / "bin"
+    shims.mkdir(exist_ok=True)
+    for name, body in SHIMS.items():
+        (shims / name).write_text(textwrap.dedent(body))
+        (shims / name).chmod(0o755)
+    venv = Path(sys.executable).parent
+    full = {
+        "PATH": f"{shims}{os.pathsep}{venv}{os.pathsep}{os.environ['PATH']}",
+        "PLEXLAB_SHARED": str(tmp_path / "shared"),
+        "PLEXLAB_COMMAND": "fit",
+        "SLURM_JOB_ID": "42",
+        "SIM_OUT": str(tmp_path),
+        **env,
+    }
+    return subprocess.Popen(
+        ["bash", str(SLURM), "exp.yaml", "--set", "model.lr=0.01"],
+        env=full,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_slurm_script_asks_to_be_requeued_and_signalled() -> None:
+    text = SLURM.read_text()
+    assert "#SBATCH --requeue\n" in text and "#SBATCH --signal=B:TERM@" in text
+
+
+@pytest.mark.parametrize(("restarts", "resume"), [("0", []), ("2", ["--resume", "last"])])
+def test_a_requeued_slurm_fit_resumes_the_last_run(tmp_path: Path, restarts: str, resume: list[str]) -> None:
+    job = slurm_fit(tmp_path, SLURM_RESTART_COUNT=restarts)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, out + err
+    args = (tmp_path / "plexlab.args").read_text().split("\n")[:-1]
+    assert args == ["fit", "exp.yaml", "--set", "model.lr=0.01", *resume]
+
+
+def test_sigterm_to_a_slurm_fit_reaches_plexlab_and_requeues_the_job(tmp_path: Path) -> None:
+    job = slurm_fit(tmp_path, SIM_SLEEP="1")
+    try:
+        wait_for(lambda: (tmp_path / "plexlab.started").exists(), 60, "the fit to start", 0.1, process=job)
+        job.send_signal(signal.SIGTERM)  # to the batch shell only, as --signal=B:TERM sends it
+        out, err = job.communicate(timeout=60)
+    finally:
+        stop(job)
+    assert job.returncode == 143, out + err
+    assert (tmp_path / "plexlab.term").read_text().strip() == "term"
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "42"]
