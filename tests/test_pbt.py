@@ -95,8 +95,11 @@ def test_pbt_refuses_a_rate_it_cannot_mutate(tmp_path: Path) -> None:
 
 
 def test_sweep_keeps_the_configured_number_of_tune_checkpoints(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path, sweep={"space": {"model.hidden": {"choice": [4, 8]}}})
-    assert config.load(raw).sweep.checkpoints_kept == 2
+    raw = tiny_config(tmp_path, sweep={"space": {"model.lr": {"loguniform": [1.0e-3, 1.0e-2]}}})
+    assert sweep.checkpoints_kept(config.load(raw)) == 2
+    raw["trainer"]["max_epochs"] = 5
+    raw["sweep"]["scheduler"] = {"name": "pbt"}
+    assert sweep.checkpoints_kept(config.load(raw)) is None  # PBT: a donor's checkpoints stay
     raw["sweep"]["checkpoints_kept"] = 5
     cfg = config.load(raw)
     spec = TrialSpec({}, "parent", 1, 0, 1, 1, False, str(tmp_path), str(tmp_path / "s"), 0)
@@ -105,3 +108,34 @@ def test_sweep_keeps_the_configured_number_of_tune_checkpoints(tmp_path: Path) -
     raw["sweep"]["checkpoints_kept"] = 0
     with pytest.raises(ConfigError, match=r"sweep\.checkpoints_kept"):
         config.load(raw)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_real_pbt_sweep_of_a_model_with_two_optimizers(workdir: Path) -> None:
+    """hypergcl with generative views (a model optimizer at lr, the view generator's at generator_lr) under
+    PBT: every trial ends FINISHED (with 2 Tune checkpoints kept, trials failed restoring a donor checkpoint
+    its donor had already pruned)."""
+    from _hypergraph_files import write_graph
+    from mlflow.tracking import MlflowClient
+    from plexlab import api, schema
+
+    raw = {
+        "name": "pbt-two-optimizers",
+        "model": {"name": "hypergcl", "hidden": 8, "dropout": 0.0, "views": "generative"},
+        "data": {"name": "hypergraph", "path": str(write_graph(workdir / "graph", n=40))},
+        "trainer": {"max_epochs": 6, "accelerator": "cpu"},
+        "sweep": {
+            "num_samples": 3,
+            "space": {"model.lr": {"loguniform": [1.0e-3, 3.0e-2]}},
+            "scheduler": {"name": "pbt", "perturbation_interval": 2},
+            "resources": {"cpu": 1},
+            "storage": str(workdir / "sweeps"),
+        },
+    }
+    result = api.sweep(raw)
+    client = MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name("pbt-two-optimizers")
+    kids = [r for r in client.search_runs([experiment.experiment_id]) if schema.PARENT_RUN_ID in r.data.tags]
+    assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids), [k.info.status for k in kids]
+    assert result.best_metric is not None
