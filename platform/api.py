@@ -23,6 +23,7 @@ Overrides = dict[str, Any] | list[str] | None
 
 __all__ = [
     "FitResult",
+    "check",
     "check_data",
     "datamodules",
     "embed",
@@ -44,11 +45,29 @@ def _merge(overrides: Overrides, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def fit(
-    config: Config, overrides: Overrides = None, *, allow_tracking_uri: bool = False, **kwargs: Any
+    config: Config,
+    overrides: Overrides = None,
+    *,
+    resume: str | None = None,
+    allow_tracking_uri: bool = False,
+    **kwargs: Any,
 ) -> FitResult:
     """Train and test one model; returns test metrics, the MLflow run id and the best checkpoint.
-    `allow_tracking_uri`: send runs to the file's tracking server even if it is not your own."""
-    return train.fit(config, _merge(overrides, kwargs), allow_tracking_uri=allow_tracking_uri)
+    `resume`: a run id, or "last" (the experiment's newest unfinished fit), continued from its last
+    checkpoint into the same run. `allow_tracking_uri`: send runs to the file's tracking server even if it
+    is not your own."""
+    return train.fit(config, _merge(overrides, kwargs), resume=resume, allow_tracking_uri=allow_tracking_uri)
+
+
+def check(config: Config, overrides: Overrides = None, **kwargs: Any) -> dict[str, Any]:
+    """Validate an experiment file (its base files merged, overrides applied) without training; returns the
+    resolved config as it would be recorded (a tracking URI's credentials left out)."""
+    from plexlab.sweep_config import check_schedule
+
+    cfg = load(config, _merge(overrides, kwargs))
+    if cfg.sweep is not None:
+        check_schedule(cfg.sweep.scheduler, cfg.trainer, cfg.source)
+    return cfg.public_dict()
 
 
 def test(

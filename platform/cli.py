@@ -55,9 +55,16 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    result = _api().fit(args.config, args.set, allow_tracking_uri=args.allow_tracking_uri)
+    result = _api().fit(args.config, args.set, resume=args.resume, allow_tracking_uri=args.allow_tracking_uri)
     console.print(_metrics_table(f"{result.config.name}: test on the best epoch", result.metrics))
     console.print(f"run {result.run_id}  ({result.tracking_uri})\nbest checkpoint {result.checkpoint}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    import yaml
+
+    resolved = _api().check(args.config, args.set)
+    print(yaml.safe_dump(resolved, sort_keys=False), end="")  # plain: the output is a YAML file
 
 
 def cmd_test(args: argparse.Namespace) -> None:
@@ -155,7 +162,18 @@ def parser() -> argparse.ArgumentParser:
         "fit", parents=[common, sets, tracks], help="train, test on the best epoch, record in MLflow"
     )
     p.add_argument("config")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a killed fit from its last checkpoint, in the same run; `last`: the newest unfinished",
+    )
     p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser(
+        "check", parents=[common, sets], help="validate a file; print its resolved config (bases merged)"
+    )
+    p.add_argument("config")
+    p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("test", parents=[common, sets, tracks], help="evaluate a checkpoint on the test split")
     p.add_argument("config")

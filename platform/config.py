@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from plexlab import registry
+from plexlab import config_files, registry
 from plexlab.datamodules import bundled
 from plexlab.datamodules.paths import MayNotExist
 from plexlab.errors import ConfigError, RegistryError
@@ -142,37 +142,26 @@ def load(
     config: str | Path | dict[str, Any] | ExperimentConfig,
     overrides: dict[str, Any] | list[str] | None = None,
 ) -> ExperimentConfig:
-    """Read an experiment file (or a dict), apply overrides, and validate it."""
+    """Read an experiment file (or a dict) over its `base` files, apply overrides, and validate it; an error
+    names the file its key came from."""
+    origins: config_files.Origins = {}
     if isinstance(config, ExperimentConfig):
         raw, source = config.to_dict(), config.source
     elif isinstance(config, dict):
-        raw, source = copy.deepcopy(config), "<dict>"
+        source = "<dict>"
+        raw, origins = config_files.compose(copy.deepcopy(config), source, Path.cwd())
     else:
-        path = Path(config)
-        source = str(path)
-        raw = read_yaml(path)
+        source = str(config)
+        raw, origins = config_files.read_composed(Path(config))
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value, source)
-    return validate(raw, source=source, git_commit=_git_commit())
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """safe_load a YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
+        origins = {k: f for k, f in origins.items() if not k.startswith(f"{key}.")} | {key: source}
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read experiment file: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(path, "", f"{where}not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(path, "", "an experiment file must be a YAML mapping")
-    return raw
+        return validate(raw, source=source, git_commit=_git_commit())
+    except ConfigError as exc:
+        raise config_files.renamed(exc, origins) from None
 
 
 def validate(
@@ -323,6 +312,14 @@ def _validate_space(cfg: ExperimentConfig, source: str) -> None:
     for key in cfg.sweep.scheduler.mutations or []:
         if key not in cfg.sweep.space:
             raise ConfigError(source, "sweep.scheduler.mutations", f"{key} is not a key of sweep.space")
+    if cfg.sweep.scheduler.name == "pbt":  # an exploited trial inherits the optimizer state: rates in it
+        for key in cfg.sweep.scheduler.mutations or cfg.sweep.space:
+            arg = key.partition(".")[2]
+            if key.startswith("model.") and arg != "lr" and "lr" in arg.split("_"):
+                where = "sweep.scheduler.mutations" if cfg.sweep.scheduler.mutations else f"sweep.space.{key}"
+                raise ConfigError(
+                    source, where, f"PBT cannot mutate {key}: the one rate it mutates is model.lr"
+                )
 
 
 @cache

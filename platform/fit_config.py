@@ -28,8 +28,9 @@ class EarlyStoppingConfig(Strict):
 
 class CheckpointConfig(Strict):
     """Which checkpoints a fit keeps: the best `save_top_k` by the primary metric (the best is what the run
-    tests and logs), and with `save_last` the last epoch too (what `plexlab fit --resume` continues from)."""
+    tests and logs), and with `save_last` the last epoch too (what `plexlab fit --resume` continues from).
+    `save_last: null` (the default) keeps it for fits and not for sweep trials, which Tune checkpoints."""
 
     save_top_k: int = Field(1, ge=1)
-    save_last: bool = False
+    save_last: bool | None = None
     every_n_epochs: int = Field(1, ge=1)

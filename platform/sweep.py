@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "plexlab_sweeps"
 DRIVER_CPU = 0.01  # the function of a multi-worker trial, which only waits on its Train workers
-TUNE_CHECKPOINTS_KEPT = 2
+DEFAULT_CHECKPOINTS_KEPT = 2
 
 __all__ = ["SweepResult", "status_rows", "sweep", "sweep_name"]
 
@@ -163,6 +163,14 @@ def objective(cfg: ExperimentConfig) -> tuple[str, str]:
     return cfg.sweep.metric or metric, cfg.sweep.mode or (mode if not cfg.sweep.metric else "max")
 
 
+def checkpoints_kept(cfg: ExperimentConfig) -> int | None:
+    """The Tune checkpoints each trial keeps (None: all); see SweepConfig.checkpoints_kept."""
+    assert cfg.sweep is not None
+    if cfg.sweep.checkpoints_kept is not None:
+        return cfg.sweep.checkpoints_kept
+    return None if cfg.sweep.scheduler.name == "pbt" else DEFAULT_CHECKPOINTS_KEPT
+
+
 def _storage(cfg: ExperimentConfig, storage: str | None) -> str:
     assert cfg.sweep is not None
     where = storage or cfg.sweep.storage or DEFAULT_STORAGE
@@ -267,7 +275,7 @@ def _tuner(
             name=name,
             storage_path=root,
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_kept(cfg)),
             verbose=1,
         ),
     )

@@ -64,6 +64,9 @@ class SweepConfig(Strict):
     max_failures: int = Field(1, ge=0)
     # Report every epoch, but write a resumable checkpoint only every n epochs (checkpoints cost I/O).
     checkpoint_every: int = Field(1, ge=1)
+    # Tune checkpoints kept per trial (the newest): what a resumed or retried trial continues from. Default
+    # 2, all under PBT: a trial that exploits another restores a checkpoint its donor would have pruned.
+    checkpoints_kept: int | None = Field(None, ge=1)
     storage: str | None = None  # default: ./plexlab_sweeps; must be shared storage on a multi-host cluster
     # Train every trial once per value of one key ({data.split: [0, 1, 2]} or {seed: [0, 1, 2]}); trials are
     # ranked by the mean over the repeats of their best epoch.

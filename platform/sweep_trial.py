@@ -90,16 +90,32 @@ class ReportToTune(pl.Callback):
 
 
 class _ApplyMutatedLearningRate(pl.Callback):
-    """PBT: a trial restored from another's checkpoint must train with its own (mutated) learning rate,
-    not the one stored in the optimizer state it inherited."""
+    """PBT: a trial restored from another's checkpoint inherits that trial's optimizer state, rates included.
+    Its own (mutated) `lr` scales every group of every optimizer by own / inherited `lr`, so the ratios the
+    model sets between its groups (protein_mmcl's ESM rate, hypergcl's generator rate) stay, and a learning
+    rate schedule continues from the scaled rates."""
+
+    def __init__(self) -> None:
+        self.inherited_lr: float | None = None
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.inherited_lr = checkpoint.get("hyper_parameters", {}).get("lr")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        lr = pl_module.hparams.get("lr")
-        if lr is None:
-            return
+        own, inherited, self.inherited_lr = pl_module.hparams.get("lr"), self.inherited_lr, None
+        if own is None or not inherited or own == inherited:
+            return  # a fresh start, the trial's own checkpoint, or a model without `lr`
+        factor = float(own) / float(inherited)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] *= factor
+                if "initial_lr" in group:  # where a scheduler restarts from
+                    group["initial_lr"] *= factor
+        for config in trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "base_lrs"):
+                config.scheduler.base_lrs = [rate * factor for rate in config.scheduler.base_lrs]
 
 
 def _trial_run(cfg: ExperimentConfig, parent_run_id: str, trial_id: str, trial_name: str) -> tracking.Run:

@@ -20,7 +20,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import yaml
-from plexlab import contract, plots, registry, schema, tracking
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from plexlab import contract, fit_resume, plots, registry, schema, tracking
 from plexlab.config import ExperimentConfig, flatten, load
 from plexlab.datamodules.errors import first_line
 from plexlab.errors import ConfigError, DataError
@@ -147,12 +148,14 @@ def fit(
     hooks: TrainerHooks | None = None,
     workdir: Path | None = None,
     allow_tracking_uri: bool = False,
+    resume: str | None = None,
 ) -> FitResult:
     """Train, test on the best checkpoint, record everything in MLflow; see the module docstring.
 
     `run` writes into an existing MLflow run (a sweep trial's child run); `track=False` records nothing (the
     non-zero ranks of a multi-worker trial). `allow_tracking_uri` sends runs to a server the experiment
-    file names even where that is not the user's own (see `tracking.trusted_uri`).
+    file names even where that is not the user's own (see `tracking.trusted_uri`). `resume` (a run id, or
+    "last") continues an unfinished fit from its last checkpoint into the same run (see fit_resume).
     """
     cfg = load(config, overrides)
     hooks = hooks or TrainerHooks()
@@ -165,9 +168,16 @@ def fit(
         uri = tracking.trusted_uri(cfg.tracking.uri, cfg.source, allow_other_host=allow_tracking_uri)
     if track and run is None:
         tracking.check(uri)
+    resumed = fit_resume.find_run(uri, cfg, resume) if resume and not in_sweep else None
+    if resumed is not None:
+        workdir = Path(workdir or RUNS_DIR / cfg.name / resumed.run_id)
+        ckpt = fit_resume.checkpoint_to_resume(cfg, workdir, resumed.run_id)
+        hooks = replace(hooks, resume_from=str(ckpt))
     dm, model = build(cfg)
     metric, mode = primary(cfg)
-    if track and run is None:
+    if resumed is not None:
+        run = fit_resume.reopen(uri, resumed)
+    elif track and run is None:
         run = tracking.create_run(
             uri, cfg.name, run_name=cfg.tracking.tags.get("run_name"), tags=run_tags(cfg, kind=schema.FIT)
         )
@@ -175,12 +185,13 @@ def fit(
     # Saved when validation ends, before any on_train_epoch_end hook: a sweep trial reports the epoch to Tune
     # there, and a scheduler that stops the trial at that report must not cost it its best epoch.
     checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=workdir / "checkpoints",
+        dirpath=workdir / fit_resume.CHECKPOINTS,
         filename="best",
         monitor=metric,
         mode=mode,
         save_top_k=cfg.checkpoint.save_top_k,
-        save_last=cfg.checkpoint.save_last,
+        # A fit keeps its last epoch to resume from; a sweep trial resumes from Tune's checkpoints instead.
+        save_last=cfg.checkpoint.save_last if cfg.checkpoint.save_last is not None else not in_sweep,
         every_n_epochs=cfg.checkpoint.every_n_epochs,
         save_on_train_epoch_end=False,
     )
@@ -190,7 +201,7 @@ def fit(
         )
     ending = tracking.ending(run, sigterm_is_stop=in_sweep) if run else contextlib.nullcontext()
     with ending, tracking.failures_named(uri):
-        return _fit(cfg, dm, model, run, workdir, hooks, checkpoint, metric)
+        return _fit(cfg, dm, model, run, workdir, hooks, checkpoint, metric, in_sweep=in_sweep)
 
 
 def _fit(
@@ -202,6 +213,8 @@ def _fit(
     hooks: TrainerHooks,
     checkpoint: pl.callbacks.ModelCheckpoint,
     metric: str,
+    *,
+    in_sweep: bool,
 ) -> FitResult:
     if run is not None:
         # The resolved config plus every default and data-derived size the classes were built with.
@@ -211,10 +224,13 @@ def _fit(
     # The runner logs both sections above; Lightning's own merge of the two refuses a key both hold with
     # different values (unitednet's and the single-cell data's `modalities`), so it must not run.
     dm._log_hyperparams = False
+    logger = run.logger(cfg.name) if run else None
+    if logger is not None and hooks.resume_from and not in_sweep:
+        logger = fit_resume.skip_logged(logger, run)
     trainer = make_trainer(
         cfg,
         workdir=workdir,
-        logger=run.logger(cfg.name) if run else None,
+        logger=logger,
         hooks=hooks,
         checkpoint=checkpoint,
         steps_per_epoch=_steps_per_epoch(dm),
@@ -226,8 +242,10 @@ def _fit(
         run.set_tags(where)
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=hooks.resume_from, weights_only=True)
-    except SystemExit:  # a scheduler stopped the trial: its best checkpoint is still worth keeping
-        if run is not None and trainer.is_global_zero:
+    except SystemExit as exc:
+        if isinstance(exc, SIGTERMException) and not in_sweep:  # preempted: keep it for `fit --resume`
+            trainer.save_checkpoint(fit_resume.last_checkpoint(workdir))
+        elif run is not None and trainer.is_global_zero:  # a scheduler stopped the trial: keep its best
             _log_outcome(run, cfg, checkpoint, metric)
         raise
     if run is not None and trainer.is_global_zero:

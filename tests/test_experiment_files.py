@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from plexlab import api, schema, tracking
+from plexlab.config_files import read_composed
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -37,7 +38,7 @@ def _absolute(value: Any) -> Any:
 
 
 def short_run(path: Path, workdir: Path) -> Path:
-    raw = yaml.safe_load(path.read_text())
+    raw, _ = read_composed(path)  # a sweep file merged over the experiment file it names
     raw.pop("sweep", None)
     raw["data"] = {k: _absolute(v) for k, v in raw["data"].items()}
     raw["model"] = {k: _absolute(v) for k, v in raw["model"].items()}
