@@ -92,6 +92,20 @@ def stop(process: subprocess.Popen | None) -> None:
     process.wait(timeout=10)
 
 
+def start_fit(workdir: Path, env: dict[str, str], config: str = "exp.yaml") -> subprocess.Popen:
+    """`plexlab fit CONFIG` as a real process in `workdir`, in its own session (so `stop` takes its whole
+    group), with its output piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "plexlab.cli", "fit", config],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _healthy(uri: str) -> bool:
     try:
         with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from plexlab import api, cli
+from plexlab.config_files import read_composed
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -15,7 +15,7 @@ def _data_sections() -> list[tuple[str, dict]]:
     """Each distinct data section of the shipped experiment files: every real data set they read."""
     seen: dict[tuple, tuple[str, dict]] = {}
     for path in sorted(SWEEPS.glob("*.yaml")):
-        data = dict(yaml.safe_load(path.read_text())["data"])
+        data = dict(read_composed(path)[0]["data"])  # a sweep file's data comes from its base
         key = (data["name"], data.get("path"))
         seen.setdefault(key, (path.name, data))
     return list(seen.values())

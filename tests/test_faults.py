@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pytest
 import torch
 import yaml
 from _hypergraph_files import write_graph
-from _processes import free_port, start_mlflow_server, stop, wait_for
+from _processes import free_port, start_fit, start_mlflow_server, stop, wait_for
 from _protein_files import plain, write_pdb
 from plexlab import schema
 from plexlab.datamodules.protein.datamodule import ProteinDataModule
@@ -159,15 +158,7 @@ def start_endless_fit(workdir: Path, name: str, uri: str | None, env: dict[str, 
         "tracking": {"uri": uri},
     }
     (workdir / "exp.yaml").write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
-        [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_fit(workdir, env)
 
 
 def test_tracking_server_stopped_mid_run(workdir: Path) -> None:

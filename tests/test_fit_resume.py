@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from _hypergraph_files import write_graph
+from _processes import start_fit as start_plexlab_fit
 from _processes import stop, wait_for
 from plexlab import cli, schema
 
@@ -36,15 +37,7 @@ def write_fit(workdir: Path, name: str, epochs: int = EPOCHS) -> Path:
 def start_fit(workdir: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.Popen(
-        [sys.executable, "-m", "plexlab.cli", "fit", "exp.yaml"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_plexlab_fit(workdir, env)
 
 
 def client_of(workdir: Path) -> Any:
