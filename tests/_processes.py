@@ -94,7 +94,11 @@ def stop(process: subprocess.Popen | None) -> None:
 
 def start_fit(workdir: Path, env: dict[str, str], config: str = "exp.yaml") -> subprocess.Popen:
     """`plexlab fit CONFIG` as a real process in `workdir`, in its own session (so `stop` takes its whole
-    group), with its output piped as text."""
+    group), with its output piped as text. The embedded store's tables are created first: a test polling a
+    new store while the fit's first call creates it races MLflow's migrations ("table ... already exists")."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments(max_results=1)
     return subprocess.Popen(
         [sys.executable, "-m", "plexlab.cli", "fit", config],
         cwd=workdir,
