@@ -7,6 +7,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 
@@ -67,3 +68,10 @@ def write_mudata(tmp_path: Path, n_adt: int) -> Path:
     path = tmp_path / "cite.h5mu"
     md.MuData({"rna": rna, "adt": adt}).write(path)
     return path
+
+
+def one_line(err: pytest.ExceptionInfo, *needles: str) -> None:
+    msg = str(err.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg, msg

@@ -17,12 +17,12 @@ import pytest
 import scipy.sparse as sp
 import yaml
 from _anndata_layouts import write_pre07, write_v07, write_v07_h5mu
+from _single_cell_data import make_adata, one_line
 from mlflow.tracking import MlflowClient
 from plexlab import api
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.single_cell import matrix
 from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
-from test_single_cell_data import make_adata, one_line
 
 
 def annotated(n: int = 60, dense: bool = False) -> ad.AnnData:
@@ -224,8 +224,8 @@ def test_long_passes_show_progress_on_a_terminal_only(
     text = err.getvalue()
     if terminal:
         assert "checking X" in text and "reading X" in text and "/60.0 [" in text
-    else:
-        assert text == ""
+    else:  # no bar (a warning from another library may still be printed there)
+        assert "checking X" not in text and "reading X" not in text, text
 
 
 # ---- through the runner -----------------------------------------------------------------------------------

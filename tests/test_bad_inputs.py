@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import yaml
 from _affinity_files import pairs, write_ca_pdb, write_tsv
 from _anndata_layouts import write_pre07, write_v07
+from _bad_input_runs import Built, experiment, run_bad, runs_in_store, single_cell
 from _hypergraph_files import write_graph
 from _image_text_files import make_dataset
 from _perturbation_files import write_perturbation
@@ -42,7 +43,6 @@ PROTEIN_MODEL = {
     "gnn_dims": [8],
     "proj_dim": 8,
 }
-SINGLE_CELL_MODEL = {"name": "unitednet", "hidden_dims": [8], "latent_dim": 4, "projector_dim": 4}
 SVAE_MODEL = {"name": "svae", "n_latent": 2, "n_hidden": 8, "n_layers": 1}
 CPAC_MODEL = {
     "name": "cpac",
@@ -67,21 +67,6 @@ E2_MODEL = {
     "projection_dim": 8,
 }
 HYPERGCL_MODEL = {"name": "hypergcl", "hidden": 8}
-
-
-def experiment(model: dict[str, Any], data: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "name": "bad-input",
-        "seed": 0,
-        "model": dict(model),
-        "data": data,
-        "trainer": {"max_epochs": 1, "accelerator": "cpu"},
-        **extra,
-    }
-
-
-# A case: build(tmp) -> (experiment dict or YAML text, strings the error line must contain[, extra argv]).
-Built = tuple[Any, list[str]] | tuple[Any, list[str], list[str]]
 CASES: dict[str, Callable[[Path], Built]] = {}
 
 
@@ -214,10 +199,6 @@ def protein_labels_bad_key(tmp: Path) -> Built:
 
 
 # ---- single-cell AnnData / MuData ------------------------------------------------------------------------
-
-
-def single_cell(path: Path, **kw: Any) -> dict[str, Any]:
-    return experiment(SINGLE_CELL_MODEL, {"name": "single_cell", "path": str(path), **kw})
 
 
 @case
@@ -779,42 +760,6 @@ def h5ad_x_not_a_matrix(tmp: Path) -> Built:
 
 
 # ---- the test --------------------------------------------------------------------------------------------
-
-
-def runs_in_store(workdir: Path) -> list[Any]:
-    """Every run in the working directory's embedded MLflow store (none when the store was never created)."""
-    if not (workdir / "mlflow.db").exists():
-        return []
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return list(client.search_runs(ids)) if ids else []
-
-
-def run_bad(
-    workdir: Path,
-    capsys: pytest.CaptureFixture[str],
-    build: Callable[[Path], Built],
-    command: str = "fit",
-) -> str:
-    built = build(workdir)
-    config, needles, argv = (*built, [])[:3] if len(built) == 2 else built
-    path = workdir / "exp.yaml"
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
-    capsys.readouterr()
-    status = cli.main([command, str(path), *argv])
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert status == 2, err
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    (line,) = lines
-    assert line.startswith("plexlab: error: "), line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    runs = runs_in_store(workdir)
-    assert [r.info.status for r in runs] == [], "a bad input must not leave an MLflow run"
-    return line
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _bad_input_runs import runs_in_store
+from _hypergraph_files import write_graph
 from plexlab import cli
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.hypergraph import HypergraphDataModule, random_split
-from test_bad_inputs import runs_in_store
-from test_hypergcl import write_graph
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,17 +11,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from _single_cell_data import make_adata, write_h5ad
+from _single_cell_data import make_adata, one_line, write_h5ad
 from _single_cell_data import write_mudata as _mudata
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.single_cell.datamodule import SingleCellDataModule
-
-
-def one_line(err: pytest.ExceptionInfo, *needles: str) -> None:
-    msg = str(err.value)
-    assert "\n" not in msg
-    for needle in needles:
-        assert needle in msg, msg
 
 
 def test_backed_reads_the_same_batches_as_in_memory(tmp_path: Path) -> None:

@@ -251,7 +251,7 @@ def test_splits_are_disjoint_and_never_borrowed(tmp_path: Path) -> None:
 
 
 def test_empty_split_through_the_cli_is_one_line_exit_2(workdir: Path, capsys) -> None:
-    from test_bad_inputs import run_bad, single_cell
+    from _bad_input_runs import run_bad, single_cell
 
     def build(tmp: Path):
         path = make_cite(tmp / "cite.h5mu", n=40)
