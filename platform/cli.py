@@ -236,13 +236,26 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record is emitted: a notebook or a test may replace (and close)
+    the stream that was there when logging was set up."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _configure_logging() -> None:
     """plexlab's INFO and everyone's warnings on stderr, once. Others' INFO stays theirs: Lightning prints its
     own, and a root handler passing it on would print every line twice."""
     root = logging.getLogger()
     if any(h.get_name() == "plexlab-cli" for h in root.handlers):
         return
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.set_name("plexlab-cli")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith("plexlab"))
