@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cora_sweep(workdir: Path, **sweep) -> Path:
-    """A tiny hypergcl sweep on the bundled Cora: hidden 8, 3 epochs, 2 trials at a time."""
+    """A tiny hypergcl sweep on the bundled Cora: hidden 8, 3 epochs, 2 trials at a time (rates high enough
+    that three epochs separate the trials)."""
     config = {
         "name": "cora-repeats",
         "seed": 0,
@@ -25,7 +26,7 @@ def cora_sweep(workdir: Path, **sweep) -> Path:
         "trainer": {"max_epochs": 3, "accelerator": "cpu"},
         "sweep": {
             "num_samples": 4,
-            "space": {"model.lr": {"loguniform": [1.0e-3, 3.0e-2]}},
+            "space": {"model.lr": {"loguniform": [3.0e-3, 1.0e-1]}},
             "scheduler": {"name": "fifo"},
             "resources": {"cpu": 1},
             "max_concurrent": 2,
@@ -134,12 +135,13 @@ def test_a_repeated_sweep_has_nested_runs_per_split_and_ranks_trials_by_the_mean
         means[trial.data.tags[schema.TRIAL_ID]] = mean
     # The best trial is the one with the best mean: in the result, the summary table, the parent run and
     # `plexlab runs`.
-    best = max(means, key=means.get)
-    assert result.best_metric == pytest.approx(means[best])
+    # Trials that tie on the mean may be named in any order: compare the means they stand for.
+    best = max(means.values())
+    assert result.best_metric == pytest.approx(best)
     assert {row["trial"]: row["val/acc"] for row in result.trials} == pytest.approx(means)
-    assert parent.data.tags[schema.BEST_TRIAL] == best
-    assert parent.data.metrics["val/acc_mean"] == pytest.approx(means[best])
+    assert means[parent.data.tags[schema.BEST_TRIAL]] == pytest.approx(best)
+    assert parent.data.metrics["val/acc_mean"] == pytest.approx(best)
     ranked = [row for row in api.runs("cora-repeats") if row["parent"] == parent.info.run_id[:8]]
-    assert ranked[0]["run"] == best
+    assert means[ranked[0]["run"]] == pytest.approx(best)
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
     assert "/repeat-" in str(result.best_checkpoint)
