@@ -52,11 +52,11 @@ def one_sweep(cfg: dict[str, Any], concurrency: int) -> dict[str, Any]:
     import ray
     from mlflow.tracking import MlflowClient
     from plexlab import api, schema
-    from plexlab import sweep as plexlab_sweep
+    from plexlab import local_ray
     from ray.tune import ExperimentAnalysis
 
     t0 = time.time()
-    plexlab_sweep._start_ray(None)  # the platform's own start (dashboard on 127.0.0.1), timed on its own
+    local_ray.start(None)  # the platform's own start (token, dashboard on 127.0.0.1), timed on its own
     t1 = time.time()
     try:
         result = api.sweep(cfg)
