@@ -156,7 +156,7 @@ def test_plexlab_ui_names_an_unknown_experiment_in_one_line(workdir, capsys):
 
 @pytest.mark.ray
 def test_a_small_sweep_logs_its_plots_on_the_parent_run_and_the_cli_builds_them_again(workdir, capsys):
-    config = tiny_config(workdir, trainer={"max_epochs": 3, "accelerator": "cpu"})
+    config = tiny_config(workdir, trainer={"max_epochs": 2, "accelerator": "cpu"})
     config["sweep"] = {
         "metric": "val/acc",
         "mode": "max",
@@ -175,7 +175,7 @@ def test_a_small_sweep_logs_its_plots_on_the_parent_run_and_the_cli_builds_them_
     curves = sweep_plots.trials(
         tracking.Run.attach(result.tracking_uri, result.parent_run_id), "tiny", "val/acc", "max", ["model.lr"]
     )
-    assert len(curves) == 3 and all([e for e, _ in t.curve] == [0, 1, 2] for t in curves), curves
+    assert len(curves) == 3 and all([e for e, _ in t.curve] == [0, 1] for t in curves), curves
 
     assert cli.main(["sweep", str(path), "--plots"]) == 0
     assert f"parent run {result.parent_run_id}: plots/parallel_coordinates.png" in capsys.readouterr().out
