@@ -46,8 +46,8 @@ def trials(parent: tracking.Run, experiment: str, metric: str, mode: str, params
         run = tracking.Run(parent.client, record.run_id, parent.uri)
         history = sorted(run.history(metric))
         epochs: dict[int, int] = {}
-        for step, epoch in run.history(schema.EPOCH):  # the first epoch logged at a step is the step's
-            epochs.setdefault(step, int(epoch))
+        for step, epoch in run.history(schema.EPOCH):  # an epoch's end may share a step with the next's start
+            epochs[step] = min(epochs.get(step, int(epoch)), int(epoch))
         curve = [(epochs.get(step, i), value) for i, (step, value) in enumerate(history)]
         score = record.metrics.get(schema.mean(metric), record.metrics.get(schema.best(metric)))
         if score is None and history:
