@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from plexlab.datamodules.errors import DataError
 from plexlab.datamodules.image_text.datamodule import ImageTextBatch
 from plexlab.modules.clip_weights import clip_by_name, clip_from_folder
+from plexlab.modules.step_logging import log_train_loss
 from torch import nn
 
 if TYPE_CHECKING:
@@ -405,6 +406,7 @@ class E2(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         stage = self._stage()
+        self.log("train/stage", float(stage), on_step=False, on_epoch=True, batch_size=1)  # once an epoch
         for name, p in self.named_parameters():
             if name.startswith("clip."):
                 p.requires_grad_(stage == 2)
@@ -412,10 +414,9 @@ class E2(pl.LightningModule):
     def training_step(self, batch: ImageTextBatch, batch_idx: int) -> torch.Tensor:
         out = self.compute_loss(batch)
         n = len(batch)
-        self.log("train/loss", out["loss"], on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
-        self.log("train/loss_global", out["loss_global"], on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/loss_regional", out["loss_regional"], on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/stage", float(self._stage()), on_step=True, on_epoch=False, batch_size=n)
+        log_train_loss(self, out["loss"], n, prog_bar=True)
+        self.log("train/loss_global", out["loss_global"], on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/loss_regional", out["loss_regional"], on_step=False, on_epoch=True, batch_size=n)
         return out["loss"]
 
     def _eval_step(self, batch: ImageTextBatch, prefix: str) -> None:

@@ -27,11 +27,13 @@ __all__ = [
     "check_data",
     "datamodules",
     "embed",
+    "experiment_id",
     "fit",
     "models",
     "runs",
     "simulate",
     "sweep",
+    "sweep_plots",
     "sweep_status",
     "test",
     "tracking_uri",
@@ -137,6 +139,16 @@ def sweep_status(
     return driver.status_rows(config, _merge(overrides, kwargs), allow_tracking_uri=allow_tracking_uri)
 
 
+def sweep_plots(
+    config: Config, overrides: Overrides = None, *, allow_tracking_uri: bool = False, **kwargs: Any
+) -> tuple[str, list[str]]:
+    """Build a recorded sweep's plots again from MLflow (parallel coordinates, importance, learning curves,
+    under `plots/` of its parent run); returns the parent run id and the plots' artifact paths."""
+    from plexlab import sweep_plots as pictures
+
+    return pictures.rebuild(config, _merge(overrides, kwargs), allow_tracking_uri=allow_tracking_uri)
+
+
 def check_data(path: str | Path, data: str, overrides: Overrides = None, **kwargs: Any) -> dict[str, Any]:
     """Read and validate `path` with data module `data` (its settings as `data.*` overrides) without
     training; returns what it found: counts, modalities, labels, splits, rejected records."""
@@ -153,6 +165,18 @@ def runs(experiment: str, tracking_uri: str | None = None) -> list[dict[str, Any
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking store runs go to: `uri`, else MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
     return tracking.resolve_uri(uri)
+
+
+def experiment_id(experiment: str | Path, tracking_uri: str | None = None) -> str:
+    """The id of an experiment in the tracking store, named or given as an experiment file (its `name`)."""
+    from plexlab.errors import TrackingError
+
+    name = load(experiment).name if Path(experiment).is_file() else str(experiment)
+    uri = tracking.resolve_uri(tracking_uri)
+    found = tracking.find_experiment_id(uri, name)
+    if found is None:
+        raise TrackingError(f"no experiment {name!r} in {tracking.redact(uri)}")
+    return found
 
 
 def simulate(kind: str, out: str | Path, overrides: Overrides = None, **kwargs: Any) -> Path:

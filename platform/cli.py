@@ -78,6 +78,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
+    if args.plots:
+        parent, paths = _api().sweep_plots(args.config, args.set, allow_tracking_uri=args.allow_tracking_uri)
+        console.print(f"parent run {parent}: " + ", ".join(paths))
+        return
     if args.status:
         name, planned, rows = _api().sweep_status(
             args.config, args.set, allow_tracking_uri=args.allow_tracking_uri
@@ -133,7 +137,11 @@ def cmd_ui(args: argparse.Namespace) -> None:
     uri = _api().tracking_uri(args.uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port)]
-    console.print(f"MLflow dashboard on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
+    url, named = f"http://{args.host}:{args.port}", args.experiment or args.config
+    if named:
+        url += f"/#/experiments/{_api().experiment_id(named, uri)}"
+    # print, flushed: exec drops a buffer, and the URL must stay on one line to be clicked or parsed
+    print(f"MLflow dashboard on {url} (store {uri}); Ctrl-C stops it", flush=True)
     os.execv(sys.executable, command)
 
 
@@ -192,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="results folder or s3:// URI (default: the file's sweep.storage)")
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver died")
     p.add_argument("--status", action="store_true", help="show the sweep's trials and exit")
+    p.add_argument("--plots", action="store_true", help="build the recorded sweep's plots again and exit")
     p.add_argument(
         "--extend",
         type=int,
@@ -227,6 +236,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("config", nargs="?", help="an experiment file: print its experiment's URL")
+    p.add_argument("--experiment", metavar="NAME", help="print this experiment's URL")
     p.set_defaults(run=cmd_ui)
 
     p = sub.add_parser("simulate", parents=[common, sets], help="write a simulated data set")

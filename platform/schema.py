@@ -14,6 +14,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID
 RUN_NAME = MLFLOW_RUN_NAME
 GIT_COMMIT = MLFLOW_GIT_COMMIT
+# The experiment tag MLflow 3's dashboard reads to pick its view (3.17's server js: `mlflow.experimentKind`);
+# without it the dashboard opens plexlab's experiments in the GenAI traces view.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # the value for its model-training view
 
 # What a run is and what it trained.
 KIND = "plexlab.kind"
@@ -56,6 +60,7 @@ STOPPED_EPOCH = "stopped_epoch"  # the epoch early stopping ended a fit at
 TRIALS = "trials"
 TRIALS_FAILED = "trials_failed"
 REPEATS = "repeats"  # on a trial run: how many repeats its mean and std are over
+EPOCH = "epoch"  # Lightning logs it beside every metric, at the same step
 
 
 def best(metric: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from plexlab import plots, schema, sweep_repeats, tracking, train
+from plexlab import plots, schema, sweep_plots, sweep_repeats, tracking, train
 from plexlab.config import ExperimentConfig, flatten, load
 from plexlab.errors import ConfigError
 from plexlab.sweep_trial import CHECKPOINT_FILE, trial_folder
@@ -151,6 +151,7 @@ def summarize(
         plot = folder / f"{metric.replace('/', '_')}_by_param.png"
         plots.metric_by_param(rows, metric, list(cfg.sweep.space), plot)
         parent.log_artifact(folder)
+    sweep_plots.after_sweep(parent, cfg.name, metric, mode, list(cfg.sweep.space))
     return SweepResult(
         best_config=best_config,
         best_metric=top[metric],

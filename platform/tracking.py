@@ -128,12 +128,15 @@ def _environment(**variables: str) -> Iterator[None]:
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The id of the named experiment, created (with local artifacts for the embedded store) if missing."""
     found = client.get_experiment_by_name(name)
+    kind = {schema.EXPERIMENT_KIND: schema.MODEL_TRAINING}  # the dashboard's model-training view
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if schema.EXPERIMENT_KIND not in found.tags:  # an experiment made before plexlab set it
+            client.set_experiment_tag(found.experiment_id, schema.EXPERIMENT_KIND, schema.MODEL_TRAINING)
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
+        return client.create_experiment(name, artifact_location=artifact_root(uri), tags=kind)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent trial
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -240,6 +243,11 @@ def search(
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
     runs = client.search_runs([found.experiment_id], query, max_results=limit, order_by=["start_time DESC"])
     return [RunRecord.of(r) for r in runs]
+
+
+def find_experiment_id(uri: str, name: str) -> str | None:
+    found = MlflowClient(uri).get_experiment_by_name(name)
+    return None if found is None else found.experiment_id
 
 
 def has_experiment(uri: str, name: str) -> bool:

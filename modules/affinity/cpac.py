@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from plexlab.datamodules.affinity.datamodule import AffinityBatch
 from plexlab.modules.affinity.evaluation import AffinityEvalMixin
+from plexlab.modules.step_logging import log_train_loss
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -311,10 +312,10 @@ class CPAC(AffinityEvalMixin, pl.LightningModule):
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: AffinityBatch, batch_idx: int) -> torch.Tensor:
         terms = self.loss_terms(self(batch), batch)
-        self.log("train/loss", terms["loss"], on_step=True, on_epoch=False, batch_size=batch.size)
-        self.log("train/mse", terms["mse"], on_step=True, on_epoch=False, batch_size=batch.size)
+        log_train_loss(self, terms["loss"], batch.size)
+        self.log("train/mse", terms["mse"], on_step=False, on_epoch=True, batch_size=batch.size)
         if bool(batch.has_contacts.any()):
-            self.log("train/contact", terms["contact"], on_step=True, on_epoch=False, batch_size=batch.size)
+            self.log("train/contact", terms["contact"], on_step=False, on_epoch=True, batch_size=batch.size)
         return terms["loss"]
 
     def _eval_step(self, batch: AffinityBatch) -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from plexlab.datamodules.single_cell.datamodule import SingleCellBatch
 from plexlab.modules.layers import mlp
+from plexlab.modules.step_logging import log_train_loss
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ class SAILERX(pl.LightningModule):
         beta = self.beta()
         loss = self.total(parts, beta)
         n = len(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=n)
+        log_train_loss(self, loss, n)
         for k in ("recon", "kl", "invariance", "align"):
             self.log(f"train/{k}", parts[k], on_step=False, on_epoch=True, batch_size=n)
         self.log("train/beta", beta, on_step=False, on_epoch=True, batch_size=n)

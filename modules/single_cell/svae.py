@@ -51,6 +51,7 @@ from plexlab.modules.single_cell.svae_losses import (
     nb_log_likelihood,
 )
 from plexlab.modules.single_cell.svae_transfer import plot_masks, run_transfer
+from plexlab.modules.step_logging import log_train_loss
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -225,7 +226,7 @@ class SVAE(pl.LightningModule):
         n = float(self.hparams.n_train_cells or len(batch["x"]))
         bs = len(batch["x"])
         # Logged per cell (loss / N) so that runs with different data sizes read alike.
-        self.log("train/loss", out["loss"] / n, on_step=True, on_epoch=False, batch_size=bs)
+        log_train_loss(self, out["loss"] / n, bs)
         self.log("train/nll", out["nll"].mean(), on_step=False, on_epoch=True, batch_size=bs)
         self.log("train/kl", out["kl"].mean(), on_step=False, on_epoch=True, batch_size=bs)
         return out["loss"]

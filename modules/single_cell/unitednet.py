@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from plexlab.datamodules.single_cell.datamodule import SingleCellBatch
 from plexlab.modules.layers import mlp
+from plexlab.modules.step_logging import log_train_loss
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -475,7 +476,7 @@ class UnitedNet(pl.LightningModule):
     def training_step(self, batch: SingleCellBatch, batch_idx: int) -> None:
         opt_t, opt_g, opt_d = self.optimizers()
         loss = self.translation_step(batch, opt_t, opt_d) + self.group_step(batch, opt_g)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, batch_size=len(batch))
+        log_train_loss(self, loss.detach(), len(batch))
 
     def configure_optimizers(self) -> Any:
         lr = self.hparams.lr
