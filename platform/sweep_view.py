@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -54,6 +55,15 @@ def one_line_error(text: str | None) -> str:
     """The last line of a traceback (`ValueError: ...`), which names what went wrong."""
     lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "the trial failed"
+
+
+def trial_error(trial: Any) -> str:
+    """A failed trial's error in one line. Tune has written its traceback to the local error file by the
+    time it calls back; the copy in storage (`get_error`) comes only with the next sync."""
+    text = None
+    with contextlib.suppress(OSError, TypeError):
+        text = Path(trial.error_file).read_text()
+    return one_line_error(text or trial.get_error())
 
 
 def _number(value: Any) -> float | None:
@@ -262,14 +272,15 @@ class SweepView(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        row.status, row.error = "retrying", one_line_error(trial.get_error())
+        row.status, row.error = "retrying", trial_error(trial)
         self._line(row, f"failed, retrying ({trial.num_failures} failures so far): {row.error}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        row.status, row.error = "error", one_line_error(trial.get_error())
+        row.status, row.error = "error", trial_error(trial)
         where = f" (traceback: {trial.error_file})" if trial.error_file else ""
-        self._line(row, f"errored at {self._result_line(row)}: {row.error}{where}")
+        at = f"at {self._result_line(row)}" if row.epoch is not None else "before its first epoch"
+        self._line(row, f"errored {at}: {row.error}{where}")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._sync(trials)

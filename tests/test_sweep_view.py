@@ -112,6 +112,18 @@ def test_best_so_far_follows_the_mode():
     assert view.best().trial == "t_00000"
 
 
+def test_the_error_is_read_from_the_local_error_file_tune_just_wrote(tmp_path):
+    view, out = piped_view(max_epochs=3)
+    trial = fake_trial("t_00000", error=None)  # the storage copy is not synced yet
+    trial.error_file = str(tmp_path / "error.txt")
+    Path(trial.error_file).write_text(TRACEBACK.replace("out of memory", "negative dimension -2"))
+    view.on_trial_start(0, [trial], trial)
+    view.on_trial_error(0, [trial], trial)
+    line = out.getvalue().splitlines()[-1]
+    assert "errored before its first epoch: RuntimeError: negative dimension -2 (traceback: " in line
+    assert view.rows["t_00000"].error == "RuntimeError: negative dimension -2"
+
+
 def test_a_retried_trial_says_so_and_its_restart_clears_the_error():
     view, out = piped_view(max_epochs=3)
     trial = fake_trial("t_00000", error=TRACEBACK)
@@ -158,45 +170,57 @@ def test_quiet_tune_sets_and_restores_tunes_output_settings(monkeypatch):
         assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
 
 
-def tiny_sweep_file(workdir: Path, trials: int = 4) -> Path:
-    """The quickstart's shape, reduced: `trials` trials of the tiny experiment, three epochs each."""
-    config = tiny_config(workdir)
+def tiny_sweep_file(workdir: Path, name: str, hidden: list[int]) -> Path:
+    """The quickstart's shape, reduced: a trial per `hidden` size of the tiny experiment, three epochs each
+    (a negative size fails when the model is built)."""
+    config = {**tiny_config(workdir), "name": name}
     config["trainer"] = {"max_epochs": 3, "accelerator": "cpu"}
     config["sweep"] = {
         "metric": "val/acc",
         "mode": "max",
-        "num_samples": trials,
-        "space": {"model.hidden": {"choice": [4, 8]}},
+        "num_samples": 1,  # a grid: one trial per size
+        "space": {"model.hidden": {"grid": hidden}},
         "scheduler": {"name": "asha", "grace_period": 1},
         "resources": {"cpu": 1},
+        "max_failures": 0,
         "storage": str(workdir / "sweeps"),
     }
-    path = workdir / "sweep.yaml"
+    path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
+def trial_events(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("[") and "] trial " in line]
+
+
 @pytest.mark.ray
 def test_a_sweep_from_the_cli_prints_a_few_dozen_lines_and_verbose_gives_tunes_tables(workdir):
-    file = tiny_sweep_file(workdir)
     env = {**os.environ, "COLUMNS": "120"}
     env.pop("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", None)  # as a user's shell has it
+    file = tiny_sweep_file(workdir, "tiny-view", [-2, 4, 8, 16])
     done = subprocess.run(
         [*PLEXLAB, "sweep", str(file)], capture_output=True, text=True, timeout=300, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = (done.stdout + done.stderr).splitlines()
-    assert len(lines) < 60, "\n".join(lines)
-    events = [line for line in lines if line.lstrip("[ 0123456789s]").startswith("trial ")]
-    assert sum(" started" in line for line in events) == 4, events
-    assert sum(" finished" in line or " stopped early" in line for line in events) == 4, events
-    assert len(events) == 8
+    output = done.stdout + done.stderr
+    assert len(output.splitlines()) < 60, output
+    events = trial_events(output)
+    assert len(events) == 8 and sum(" started: model.hidden=" in line for line in events) == 4, events
+    assert sum(" finished: " in line or " stopped early: " in line for line in events) == 3, events
+    (failed,) = [line for line in events if " errored " in line]
+    assert (
+        "RuntimeError: Trying to create tensor with negative dimension -2" in failed and "error.txt" in failed
+    )
+    assert "Traceback" not in output  # the error file has it
     assert "4 trials; best val/acc" in done.stdout  # the final summary table stays
-    assert "Trial status" not in done.stdout + done.stderr and "╭" not in done.stdout
+    assert "Trial status" not in output and "started with configuration" not in output
 
-    verbose = [*PLEXLAB, "sweep", str(file), "--verbose", "--set", "name=tiny-verbose"]
-    loud = subprocess.run(verbose, capture_output=True, text=True, timeout=300, env=env)
+    file = tiny_sweep_file(workdir, "tiny-verbose", [4, 8])
+    loud = subprocess.run(
+        [*PLEXLAB, "sweep", str(file), "--verbose"], capture_output=True, text=True, timeout=300, env=env
+    )
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert "Trial status" in loud.stdout and "started with configuration" in loud.stdout
-    assert not any(line.lstrip("[ 0123456789s]").startswith("trial ") for line in loud.stderr.splitlines())
-    assert "4 trials; best val/acc" in loud.stdout
+    assert trial_events(loud.stdout + loud.stderr) == []
+    assert "2 trials; best val/acc" in loud.stdout
