@@ -157,6 +157,27 @@ def test_the_view_survives_tunes_pickle_of_the_run_config():
     assert back.rows == {}  # a resumed sweep starts its view afresh
 
 
+def test_the_tuner_gets_the_view_and_a_silent_tune_and_a_restored_one_takes_this_runs(tmp_path):
+    from plexlab import config, sweep
+    from plexlab.sweep_trial import TrialSpec
+
+    cfg = config.load(tiny_config(tmp_path, sweep={"space": {"model.lr": {"loguniform": [1.0e-3, 1.0e-2]}}}))
+    spec = TrialSpec({}, "parent", 1, 0, 1, 1, False, str(tmp_path), str(tmp_path / "s"), 0)
+    view = sweep_view.view_for("s", "val/acc", "max", 8, cfg.trainer)
+    args = (cfg, spec, "s", str(tmp_path), str(tmp_path / "s"), "val/acc", "max", False)
+    run_config = sweep._tuner(*args, view=view)._local_tuner.get_run_config()
+    assert run_config.verbose == 0 and run_config.callbacks == [view] and view.max_epochs == 1
+    loud = sweep._tuner(*args)  # no view: Tune's own tables, as --verbose asks
+    assert loud._local_tuner.get_run_config().verbose == sweep_view.TUNE_VERBOSE
+    # A sweep begun with the view, resumed with --verbose (and the other way round):
+    tuner = sweep._tuner(*args, view=pickle.loads(pickle.dumps(view)))
+    sweep_view.replace_on_restore(tuner, None)
+    run_config = tuner._local_tuner.get_run_config()
+    assert run_config.verbose == sweep_view.TUNE_VERBOSE and not run_config.callbacks
+    sweep_view.replace_on_restore(tuner, view)
+    assert tuner._local_tuner.get_run_config().callbacks == [view]
+
+
 def test_quiet_tune_sets_and_restores_tunes_output_settings(monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
     monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "7")
