@@ -111,11 +111,13 @@ def sweep(
     extend: int | None = None,
     allow_tracking_uri: bool = False,
     insecure_local_ray: bool = False,
+    verbose: bool = False,
     **kwargs: Any,
 ) -> SweepResult:
     """Run (or resume) the config's sweep with Ray Tune; returns the best config, metric, checkpoint and
     the MLflow parent run id. `extend`: add that many trials to the finished sweep, under its parent run.
-    `insecure_local_ray` starts a local Ray even with RAY_AUTH_MODE=disabled."""
+    `insecure_local_ray` starts a local Ray even with RAY_AUTH_MODE=disabled. Progress shows as one table
+    of trials (one line per trial event off a terminal); `verbose`: Ray Tune's own output instead."""
     from plexlab import sweep as driver
 
     return driver.sweep(
@@ -127,6 +129,7 @@ def sweep(
         extend=extend,
         allow_tracking_uri=allow_tracking_uri,
         insecure_local_ray=insecure_local_ray,
+        verbose=verbose,
     )
 
 

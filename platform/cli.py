@@ -98,6 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         extend=args.extend,
         allow_tracking_uri=args.allow_tracking_uri,
         insecure_local_ray=args.insecure_local_ray,
+        verbose=args.verbose,
     )
     scored = sorted(
         (r for r in result.trials if r[result.metric] is not None),
@@ -201,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver died")
     p.add_argument("--status", action="store_true", help="show the sweep's trials and exit")
     p.add_argument("--plots", action="store_true", help="build the recorded sweep's plots again and exit")
+    p.add_argument("--verbose", action="store_true", help="Ray Tune's own tables, not plexlab's view")
     p.add_argument(
         "--extend",
         type=int,

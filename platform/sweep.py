@@ -22,6 +22,7 @@ from plexlab.sweep_config import ResourcesConfig, check_schedule
 from plexlab.sweep_runs import SweepResult
 from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
 from plexlab.sweep_trial import TrialSpec, run_trial
+from plexlab.sweep_view import SweepView, quiet_tune, replace_on_restore, run_config_args, view_for
 from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
@@ -49,9 +50,11 @@ def sweep(
     extend: int | None = None,
     allow_tracking_uri: bool = False,
     insecure_local_ray: bool = False,
+    verbose: bool = False,
 ) -> SweepResult:
     """Run the config's sweep (or resume it, or `extend` a finished one by that many trials) and record it
-    in MLflow; returns the best trial of the whole sweep."""
+    in MLflow; returns the best trial of the whole sweep. Progress shows as one table of trials (see
+    sweep_view); `verbose`: Ray Tune's own output instead."""
     cfg = load(config, overrides)
     if cfg.sweep is None:
         raise ConfigError(cfg.source, "sweep", "missing: this file has no sweep section (use `plexlab fit`)")
@@ -85,11 +88,12 @@ def sweep(
         parent.set_tags({schema.SWEEP_PATH: path})
         with tracking.ending(parent):
             if extend is not None:
-                return _extend(cfg, parent, extend, name, root, path, metric, mode)
+                return _extend(cfg, parent, extend, name, root, path, metric, mode, verbose)
             warm = _start_from(cfg, parent, first) if first else {}
             spec = _trial_spec(cfg, parent, root, path, metric)
-            tuner = _tuner(cfg, spec, name, root, path, metric, mode, resume, warm=warm)
-            grid = _timed_fit(cfg, tuner, parent)
+            view = None if verbose else view_for(name, metric, mode, cfg.sweep.num_samples, cfg.trainer)
+            tuner = _tuner(cfg, spec, name, root, path, metric, mode, resume, warm=warm, view=view)
+            grid = _timed_fit(cfg, tuner, parent, quiet=view is not None)
             sweep_runs.close_trial_runs(cfg, parent, grid, metric, mode, path)
             return sweep_runs.summarize(cfg, grid, parent, metric, mode, path)
     finally:
@@ -106,6 +110,7 @@ def _extend(
     path: str,
     metric: str,
     mode: str,
+    verbose: bool = False,
 ) -> SweepResult:
     """`--extend N`: N more trials as a new Tune experiment beside the sweep's, under the same parent run,
     with Optuna told every finished trial's config and score first (see sweep_extend)."""
@@ -122,8 +127,11 @@ def _extend(
         }
     parent.set_tags({schema.EXTENDED: sweep_extend.EXTENSION_SEPARATOR.join([*previous[1:], ext_path])})
     spec = _trial_spec(cfg, parent, root, ext_path, metric)
-    tuner = _tuner(cfg, spec, ext_name, root, ext_path, metric, mode, False, warm=warm, num_samples=extra)
-    grid = _timed_fit(cfg, tuner, parent)
+    view = None if verbose else view_for(ext_name, metric, mode, extra, cfg.trainer)
+    tuner = _tuner(
+        cfg, spec, ext_name, root, ext_path, metric, mode, False, warm=warm, num_samples=extra, view=view
+    )
+    grid = _timed_fit(cfg, tuner, parent, quiet=view is not None)
     sweep_runs.close_trial_runs(cfg, parent, grid, metric, mode, ext_path)
     trainable = tune.with_parameters(run_trial, spec=spec)
     results, where = list(grid), {r.metrics.get("trial_id"): ext_path for r in grid}
@@ -143,11 +151,13 @@ def _start_from(cfg: ExperimentConfig, parent: tracking.Run, points: list[dict[s
     return {"points_to_evaluate": [sweep_extend.nested(p) for p in points]}
 
 
-def _timed_fit(cfg: ExperimentConfig, tuner: tune.Tuner, parent: tracking.Run) -> Any:
-    """Tuner.fit; with `time_budget_s`, the parent says whether the budget ran out."""
+def _timed_fit(cfg: ExperimentConfig, tuner: tune.Tuner, parent: tracking.Run, quiet: bool = False) -> Any:
+    """Tuner.fit (`quiet`: Tune's own output off, for the view); with `time_budget_s`, the parent says
+    whether the budget ran out."""
     assert cfg.sweep is not None
     started = time.monotonic()
-    grid = tuner.fit()
+    with quiet_tune(quiet):
+        grid = tuner.fit()
     budget = cfg.sweep.time_budget_s
     if budget is not None:
         spent = time.monotonic() - started
@@ -245,13 +255,17 @@ def _tuner(
     *,
     warm: dict[str, Any] | None = None,
     num_samples: int | None = None,
+    view: SweepView | None = None,
 ) -> tune.Tuner:
-    """`warm`: points to evaluate first (and Optuna's scores of them); `num_samples`: an extension's."""
+    """`warm`: points to evaluate first (and Optuna's scores of them); `num_samples`: an extension's;
+    `view`: the sweep's live view (None: Tune's own tables)."""
     assert cfg.sweep is not None
     trainable = tune.with_parameters(run_trial, spec=spec)
     trainable = tune.with_resources(trainable, _trial_shape(cfg.sweep.resources))
     if resume:
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        restored = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        replace_on_restore(restored, view)
+        return restored
     grid = cfg.sweep.search.name == "grid"
     search_alg = search_algorithm(cfg, metric, mode, **(warm or {}))
     if search_alg is None and warm:  # random or grid, with points to try first
@@ -276,7 +290,7 @@ def _tuner(
             storage_path=root,
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_kept(cfg)),
-            verbose=1,
+            **run_config_args(view),
         ),
     )
 
