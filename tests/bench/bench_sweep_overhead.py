@@ -51,8 +51,7 @@ def config(trials: int, epochs: int, concurrency: int) -> dict[str, Any]:
 def one_sweep(cfg: dict[str, Any], concurrency: int) -> dict[str, Any]:
     import ray
     from mlflow.tracking import MlflowClient
-    from plexlab import api, schema
-    from plexlab import local_ray
+    from plexlab import api, local_ray, schema
     from ray.tune import ExperimentAnalysis
 
     t0 = time.time()
