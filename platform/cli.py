@@ -233,6 +233,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["sparse-shift"], help="sparse-shift: perturbations for svae (.h5ad)")
     p.add_argument("out")
     p.set_defaults(run=cmd_simulate)
+
+    from plexlab import cli_jobs  # submit, jobs, logs, stop: a Ray cluster's job server
+
+    cli_jobs.register(sub, common, sets)
     return top
 
 
