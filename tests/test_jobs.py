@@ -227,3 +227,31 @@ def test_wrong_address_foreign_server_and_bad_token_are_one_line(workdir, head, 
         capsys, "logs", "plexlab-no-such-job", "--address", head.address, "--token-file", str(head.token_file)
     )
     assert code == 2 and "no such job" in err.strip().splitlines()[-1]
+
+
+def test_the_job_id_and_token_are_read_as_ray_hands_them(monkeypatch, tmp_path):
+    import json
+
+    from plexlab import job_env, jobs
+
+    monkeypatch.delenv(job_env.JOB_ID_VARIABLE, raising=False)
+    monkeypatch.delenv(job_env.RAY_JOB_CONFIG_VARIABLE, raising=False)
+    assert job_env.tags() == {}
+    # A job submitted with Ray's own `ray job submit`: the id in the job config Ray hands its driver.
+    config = {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc"}}
+    monkeypatch.setenv(job_env.RAY_JOB_CONFIG_VARIABLE, json.dumps(config))
+    assert job_env.tags() == {schema.JOB: "raysubmit_abc"}
+    monkeypatch.setenv(job_env.JOB_ID_VARIABLE, "plexlab-x-1")  # plexlab's own launchers name it
+    assert job_env.job_id() == "plexlab-x-1"
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(jobs, "DEFAULT_TOKEN_FILE", tmp_path / "home_token")
+    assert jobs.token() is None
+    (tmp_path / "home_token").write_text("from-home\n")
+    assert jobs.token() == "from-home"
+    (tmp_path / "path_token").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "path_token"))
+    assert jobs.token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert jobs.token() == "from-env" and jobs.token("given") == "given"
