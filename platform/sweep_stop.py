@@ -25,6 +25,7 @@ from plexlab.config import ExperimentConfig
 log = logging.getLogger(__name__)
 
 STOP_REASON = "stopped (SIGTERM); `plexlab sweep FILE --resume` continues it"
+SETTLE_S = 20  # how long stopped trials get to end their own runs (Ray's job server allows 120 s in all)
 
 
 class SweepStopped(KeyboardInterrupt):
@@ -69,16 +70,30 @@ def raise_if_stopped(state: StopSignal, cfg: ExperimentConfig, parent: tracking.
     stopped trial ends its run FINISHED as if a scheduler had stopped it) and raise SweepStopped."""
     if state.at is None:
         return
+    # Tune returns before its trials' actors have closed their runs: a run they end after this one marked
+    # it would overwrite the mark, so let them end first.
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline and any(
+        c.status == "RUNNING" for c in sweep_runs.trial_runs(cfg, parent)
+    ):
+        time.sleep(0.5)
     for child in sweep_runs.trial_runs(cfg, parent):
         run = tracking.Run(parent.client, child.run_id, parent.uri)
-        if child.status == "FINISHED" and schema.STOPPED in child.tags:
+        note = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {STOP_REASON}"
+        ended_by_stop = child.status == "FINISHED" and schema.STOPPED in child.tags
+        # A trial torn down while it stopped may end FAILED; Tune retries it on --resume either way.
+        if ended_by_stop or child.status == "FAILED":
             ended = parent.client.get_run(child.run_id).info.end_time or 0
             if ended < state.at * 1000:
-                continue  # a scheduler's stop before the signal
-            parent.client.delete_tag(child.run_id, schema.STOPPED)
+                continue  # a scheduler's stop, or a failure, before the signal
+            for tag in (schema.STOPPED, schema.ERROR):
+                if tag in child.tags:
+                    parent.client.delete_tag(child.run_id, tag)
+            if schema.ERROR in child.tags:
+                note += f" (it ended with {child.tags[schema.ERROR][:300]})"
         elif child.status != "RUNNING":
             continue
-        run.set_tags({schema.INTERRUPTED: f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {STOP_REASON}"})
+        run.set_tags({schema.INTERRUPTED: note})
         run.end("KILLED")
     raise SweepStopped(STOP_REASON)
 

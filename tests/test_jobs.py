@@ -112,7 +112,8 @@ def test_submit_stop_and_resume_a_sweep_job_from_the_cli(workdir, head, capsys):
     # Stopped, not killed: no run is left RUNNING, and the cut-short trial says so.
     (parent,), trials = runs(client, "job-sweep")
     assert parent.data.tags[schema.JOB] == first
-    assert {t.info.status for t in trials} <= {"FINISHED", "KILLED"} and parent.info.status == "KILLED"
+    tags = [(t.info.status, {k: v for k, v in t.data.tags.items() if "plexlab." in k}) for t in trials]
+    assert {t.info.status for t in trials} <= {"FINISHED", "KILLED"} and parent.info.status == "KILLED", tags
     cut = [t for t in trials if t.info.status == "KILLED"]
     assert len(cut) == 1 and schema.INTERRUPTED in cut[0].data.tags
 
