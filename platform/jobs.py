@@ -217,11 +217,6 @@ def submit(
     return Submitted(job_id, command, raw["name"], uri)
 
 
-def info(job_id: str, address: str | None = None, auth_token: str | None = None) -> Any:
-    """Ray's JobDetails of one job (status, metadata, start time, entrypoint)."""
-    return _call(f"job {job_id}", client(address, auth_token).get_job_info, job_id)
-
-
 def list_jobs(address: str | None = None, auth_token: str | None = None) -> list[Any]:
     """The cluster's jobs plexlab submitted, newest first (Ray's JobDetails)."""
     found = _call("listing jobs", client(address, auth_token).list_jobs)
