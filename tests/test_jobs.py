@@ -8,8 +8,12 @@ One head serves the module; it and every sweep process are stopped by pid, never
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import os
 import re
+import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +39,10 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     try:
         yield started
     finally:
+        with contextlib.suppress(ProcessLookupError):  # `ray start --block` takes over 20 s to drain
+            os.killpg(started.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            started.process.wait(timeout=5)
         stop(started.process)
 
 
