@@ -102,8 +102,10 @@ def best_of_job(uri: str, experiment: str, job_id: str) -> Best | None:
 def _objective(run: tracking.RunRecord) -> tuple[str, str]:
     """The sweep's metric and mode (its params), else the model's primary metric."""
     metric, mode = run.params.get("sweep.metric", "None"), run.params.get("sweep.mode", "None")
+    if metric != "None":  # as the sweep ranks: a metric of the file's own is maximized unless told
+        return metric, mode if mode != "None" else "max"
     primary = contract.primary(registry.model_class(run.tags[schema.MODEL]))
-    return (metric if metric != "None" else primary[0]), (mode if mode != "None" else primary[1])
+    return primary[0], mode if mode != "None" else primary[1]
 
 
 def _score(uri: str, run: tracking.RunRecord, metric: str, mode: str) -> float | None:
@@ -116,12 +118,22 @@ def _score(uri: str, run: tracking.RunRecord, metric: str, mode: str) -> float |
     return max(history) if mode == "max" else min(history)
 
 
+def _value(text: str) -> Any:
+    """A param as logged (str of the value) back to the value, as far as YAML reads it."""
+    if text == "None":
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _best(
     uri: str, run: tracking.RunRecord, metric: str, value: float | None, parent: str | None, done: bool
 ) -> Best:
     config: dict[str, Any] = {}
     for key, text in run.params.items():
-        set_dotted(config, key, None if text == "None" else yaml.safe_load(text))
+        set_dotted(config, key, _value(text))
     attached = tracking.Run.attach(uri, run.run_id)
     checkpoint = None
     if attached.has_artifacts("checkpoints"):

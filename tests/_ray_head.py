@@ -3,13 +3,16 @@ every port chosen free (other Ray clusters on the machine hold Ray's default age
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from _processes import free_port, stop, wait_for
 
 
@@ -61,6 +64,25 @@ def start_ray_head(folder: Path, cpus: int = 2) -> RayHead:
         stop(process)
         raise
     return head
+
+
+def stop_ray_head(head: RayHead, grace: float = 5) -> None:
+    """SIGTERM to the head's process group, SIGKILL to it and to the head's children `grace` s later
+    (`ray start --block` takes over 20 s to drain a node it is about to lose anyway)."""
+    try:
+        family = psutil.Process(head.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        head.process.wait(timeout=grace)
+    for child in family:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.process.pid, signal.SIGKILL)
+    stop(head.process)  # reaps it; anything left of the group
 
 
 def _job_server_up(head: RayHead) -> bool:

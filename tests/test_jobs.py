@@ -8,12 +8,8 @@ One head serves the module; it and every sweep process are stopped by pid, never
 
 from __future__ import annotations
 
-import contextlib
 import http.server
-import os
 import re
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +18,7 @@ import pytest
 import yaml
 from _hypergraph_files import write_graph
 from _processes import stop, wait_for
-from _ray_head import RayHead, start_ray_head
+from _ray_head import RayHead, start_ray_head, stop_ray_head
 from mlflow.tracking import MlflowClient
 from plexlab import api, cli, schema
 
@@ -39,11 +35,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     try:
         yield started
     finally:
-        with contextlib.suppress(ProcessLookupError):  # `ray start --block` takes over 20 s to drain
-            os.killpg(started.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            started.process.wait(timeout=5)
-        stop(started.process)
+        stop_ray_head(started)
 
 
 def write_sweep(folder: Path, name: str, *, epochs: int = 2, nodes: int = 60, store: bool = True) -> Path:
@@ -176,6 +168,7 @@ def test_a_local_sweep_handle_stops_and_resumes(workdir):
         so_far = handle.best()
         assert so_far is not None and not so_far.finished and so_far.value is not None
         assert handle.stop() == "STOPPED"
+        assert "plexlab: interrupted: stopped (SIGTERM)" in handle.logs()  # and how to resume it
     finally:
         stop(handle.process)
     (parent,), trials = runs(client, "local-sweep")
