@@ -16,6 +16,9 @@ from plexlab.config import ExperimentConfig, load, parse_override
 from plexlab.train import FitResult
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from plexlab.launch import ClusterJob, LocalSweep
     from plexlab.sweep_runs import SweepResult
 
 Config = str | Path | dict[str, Any] | ExperimentConfig
@@ -29,9 +32,13 @@ __all__ = [
     "embed",
     "experiment_id",
     "fit",
+    "job_logs",
+    "jobs",
     "models",
     "runs",
     "simulate",
+    "stop_job",
+    "submit",
     "sweep",
     "sweep_plots",
     "sweep_status",
@@ -112,12 +119,28 @@ def sweep(
     allow_tracking_uri: bool = False,
     insecure_local_ray: bool = False,
     verbose: bool = False,
+    wait: bool = True,
     **kwargs: Any,
-) -> SweepResult:
+) -> SweepResult | LocalSweep:
     """Run (or resume) the config's sweep with Ray Tune; returns the best config, metric, checkpoint and
     the MLflow parent run id. `extend`: add that many trials to the finished sweep, under its parent run.
     `insecure_local_ray` starts a local Ray even with RAY_AUTH_MODE=disabled. Progress shows as one table
-    of trials (one line per trial event off a terminal); `verbose`: Ray Tune's own output instead."""
+    of trials (one line per trial event off a terminal); `verbose`: Ray Tune's own output instead.
+    `wait=False`: run it in a process of its own and return at once a handle (status, best, wait, stop; see
+    plexlab.launch)."""
+    if not wait:
+        from plexlab import launch
+
+        return launch.local(
+            config,  # type: ignore[arg-type]  # a path: launch.local refuses anything else in one line
+            _merge(overrides, kwargs),
+            address=address,
+            storage=storage,
+            resume=resume,
+            extend=extend,
+            allow_tracking_uri=allow_tracking_uri,
+            insecure_local_ray=insecure_local_ray,
+        )
     from plexlab import sweep as driver
 
     return driver.sweep(
@@ -131,6 +154,50 @@ def sweep(
         insecure_local_ray=insecure_local_ray,
         verbose=verbose,
     )
+
+
+def submit(
+    config: str | Path,
+    overrides: Overrides = None,
+    *,
+    address: str | None = None,
+    token: str | None = None,
+    resume: bool = False,
+    storage: str | None = None,
+    **kwargs: Any,
+) -> ClusterJob:
+    """Run the file's sweep (a file without one: its fit) on a Ray cluster as a job, through the job server
+    at `address` (`http://HEAD:8265`, else RAY_API_SERVER_ADDRESS); returns a handle with the job id and
+    status, best, wait, stop. `token`: the cluster's (default RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH's file,
+    ~/.ray/auth_token). `resume`: continue a stopped sweep."""
+    from plexlab import launch
+
+    merged = _merge(overrides, kwargs)
+    return launch.submit(config, merged, address=address, auth_token=token, resume=resume, storage=storage)
+
+
+def jobs(address: str | None = None, token: str | None = None) -> list[dict[str, Any]]:
+    """The cluster's plexlab jobs, newest first: id, status, command, experiment, start, best so far."""
+    from plexlab import launch
+
+    return launch.job_rows(address, token)
+
+
+def job_logs(
+    job_id: str, address: str | None = None, token: str | None = None, *, follow: bool = False
+) -> Iterator[str]:
+    """A job's output; with `follow`, as it comes until the job ends."""
+    from plexlab import jobs as cluster
+
+    return cluster.logs(job_id, address, token, follow=follow)
+
+
+def stop_job(job_id: str, address: str | None = None, token: str | None = None) -> str:
+    """Stop a job (its runs end, none left RUNNING; `submit(..., resume=True)` continues it); returns
+    its final status."""
+    from plexlab import jobs as cluster
+
+    return cluster.stop(job_id, address, token)
 
 
 def sweep_status(

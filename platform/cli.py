@@ -246,6 +246,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["sparse-shift"], help="sparse-shift: perturbations for svae (.h5ad)")
     p.add_argument("out")
     p.set_defaults(run=cmd_simulate)
+
+    from plexlab import cli_jobs  # submit, jobs, logs, stop: a Ray cluster's job server
+
+    cli_jobs.register(sub, common, sets)
     return top
 
 
@@ -287,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         err_console.print(f"plexlab: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        err_console.print("plexlab: interrupted")
+    except KeyboardInterrupt as exc:
+        why = f": {exc}" if str(exc) else ""  # a stopped sweep says how to resume it
+        err_console.print(f"plexlab: interrupted{why}", markup=False, highlight=False)
         return 130
     except SystemExit as exc:
         # Lightning turns SIGTERM into this SystemExit, whose status would be 0

@@ -48,6 +48,11 @@ TIME_BUDGET = "plexlab.time_budget"  # on the parent: the budget, and whether it
 START_FROM = "plexlab.start_from"  # on the parent: the sweep whose best configs it tried first
 EXTENDED = "plexlab.extended"  # on the parent: the Tune folders of the trials --extend added
 
+# Launches: the job (`plexlab submit`, a notebook handle) a sweep's parent run or a fit's run belongs to, and
+# on a trial run, that a stop of its sweep cut it short (it stays as history once --resume finished it).
+JOB = "plexlab.job"
+INTERRUPTED = "plexlab.interrupted"
+
 Kind = Literal["fit", "test", "sweep", "trial", "repeat"]
 FIT: Kind = "fit"
 TEST: Kind = "test"

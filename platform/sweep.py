@@ -18,9 +18,11 @@ import ray
 from plexlab import local_ray, runs_table, schema, sweep_extend, sweep_repeats, sweep_runs, tracking, train
 from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
+from plexlab.job_env import tags as job_tags
 from plexlab.sweep_config import ResourcesConfig, check_schedule
 from plexlab.sweep_runs import SweepResult
 from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
+from plexlab.sweep_stop import on_sigterm, raise_if_stopped, resuming
 from plexlab.sweep_trial import TrialSpec, run_trial
 from plexlab.sweep_view import SweepView, quiet_tune, replace_on_restore, run_config_args, view_for
 from ray import tune
@@ -85,7 +87,9 @@ def sweep(
         else:
             _check_tracking_reaches_every_node(cfg, uri)
         parent = sweep_runs.parent_run(cfg, name, uri, resume or extend is not None)
-        parent.set_tags({schema.SWEEP_PATH: path})
+        parent.set_tags({schema.SWEEP_PATH: path, **job_tags()})
+        if resume:
+            resuming(parent)
         with tracking.ending(parent):
             if extend is not None:
                 return _extend(cfg, parent, extend, name, root, path, metric, mode, verbose)
@@ -156,8 +160,12 @@ def _timed_fit(cfg: ExperimentConfig, tuner: tune.Tuner, parent: tracking.Run, q
     whether the budget ran out."""
     assert cfg.sweep is not None
     started = time.monotonic()
-    with quiet_tune(quiet):
+    with (
+        quiet_tune(quiet),
+        on_sigterm() as stop,
+    ):  # SIGTERM: Tune saves the sweep for --resume, runs end KILLED
         grid = tuner.fit()
+    raise_if_stopped(stop, cfg, parent)
     budget = cfg.sweep.time_budget_s
     if budget is not None:
         spent = time.monotonic() - started
