@@ -160,10 +160,8 @@ def _timed_fit(cfg: ExperimentConfig, tuner: tune.Tuner, parent: tracking.Run, q
     whether the budget ran out."""
     assert cfg.sweep is not None
     started = time.monotonic()
-    with (
-        quiet_tune(quiet),
-        on_sigterm() as stop,
-    ):  # SIGTERM: Tune saves the sweep for --resume, runs end KILLED
+    # SIGTERM: Tune saves the sweep for --resume, and the runs end KILLED
+    with quiet_tune(quiet), on_sigterm() as stop:
         grid = tuner.fit()
     raise_if_stopped(stop, cfg, parent)
     budget = cfg.sweep.time_budget_s
