@@ -18,6 +18,7 @@ import ray
 from plexlab import local_ray, runs_table, schema, sweep_extend, sweep_repeats, sweep_runs, tracking, train
 from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
+from plexlab.run_logs import driver_log
 from plexlab.sweep_config import ResourcesConfig, check_schedule
 from plexlab.sweep_runs import SweepResult
 from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
@@ -83,7 +84,7 @@ def sweep(
             _check_tracking_reaches_every_node(cfg, uri)
         parent = sweep_runs.parent_run(cfg, name, uri, resume or extend is not None)
         parent.set_tags({schema.SWEEP_PATH: path})
-        with tracking.ending(parent):
+        with tracking.ending(parent), driver_log(parent):
             if extend is not None:
                 return _extend(cfg, parent, extend, name, root, path, metric, mode)
             warm = _start_from(cfg, parent, first) if first else {}

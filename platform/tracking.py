@@ -196,14 +196,10 @@ class Run:
             self.client.log_artifact(self.run_id, str(path), subdir)
 
     def logger(self, experiment_name: str) -> Any:
-        """Lightning's MLFlowLogger writing into this run (params are the runner's job, not the logger's)."""
-        from lightning.pytorch.loggers import MLFlowLogger
+        """Lightning's MLFlowLogger writing into this run asynchronously (see run_logger)."""
+        from plexlab import run_logger
 
-        class RunLogger(MLFlowLogger):
-            def log_hyperparams(self, params: Any) -> None:
-                pass  # the runner logs the resolved config, with defaults and data-derived sizes, once
-
-        return RunLogger(experiment_name=experiment_name, tracking_uri=self.uri, run_id=self.run_id)
+        return run_logger.make(self.run_id, self.uri, experiment_name)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
