@@ -119,8 +119,8 @@ def make(run_id: str, uri: str, experiment_name: str) -> Any:
             if status == "success":
                 self.pending.flush()
                 return
-            try:  # an exception is on its way out: keep what can be kept, never hide it
-                self.pending.flush()
+            try:  # an exception (or a scheduler's stop) is on its way out: keep what can be kept, briefly
+                self.pending.flush(timeout=3.0)
             except MlflowException as exc:
                 log.warning("metrics not written before the failure: %s", first_line(exc, 300))
 

@@ -36,10 +36,11 @@ def observing(run: Any, cfg: Any) -> Iterator[None]:
         failed = True
         raise
     finally:
+        # Short waits after a failure: the failure, not the tracking store's retries, is what to report.
         if monitor is not None:
-            monitor.stop()
+            monitor.stop(3.0 if failed else system_metrics.JOIN_S)
         try:
             # The fit's own logger waited for its writes at its end; this also covers a fit cut short.
-            run_logger.flush_store(run.uri, timeout=5.0 if failed else run_logger.STALL_S)
+            run_logger.flush_store(run.uri, timeout=3.0 if failed else run_logger.STALL_S)
         except Exception as exc:  # best effort on the way out
             log.warning("queued metrics not written: %s", first_line(exc, 300))

@@ -33,14 +33,15 @@ class Monitor:
     def start(self) -> None:
         self._monitor.start()
 
-    def stop(self) -> None:
-        """Stop sampling; publish what the unfinished interval collected; write everything out."""
+    def stop(self, wait: float = JOIN_S) -> None:
+        """Stop sampling; publish what the unfinished interval collected; write everything out. `wait`: how
+        long to wait for the sampling thread (less when the run failed: its server may be gone)."""
         monitor = self._monitor
         thread = monitor._process
         if thread is None:
             return
         monitor._shutdown_event.set()
-        thread.join(JOIN_S)
+        thread.join(wait)
         try:
             if any(m._metrics for m in monitor.monitors):
                 monitor.publish_metrics(monitor.aggregate_metrics())

@@ -321,9 +321,11 @@ def failures_named(uri: str) -> Iterator[None]:
 
 
 def _quietly(fn: Any, *args: Any) -> None:
-    """Best effort while another exception is on its way out: never hide it behind a tracking error."""
+    """Best effort while another exception is on its way out: never hide it behind a tracking error; one
+    quick try (MLflow's retries for a server that is gone would hold the exit for minutes)."""
     try:
-        fn(*args)
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            fn(*args)
     except Exception as exc:  # one line: the error on its way out is the one to read
         log.warning("could not update the MLflow run: %s", first_line(exc, 300))
 
