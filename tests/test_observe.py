@@ -64,6 +64,10 @@ def test_a_fit_records_system_metrics_and_its_environment(workdir: Path) -> None
     assert [m.step for m in client.get_metric_history(result.run_id, "val/acc")] == [0, 1, 2]
     assert len(client.get_metric_history(result.run_id, "train/loss")) == 3
     assert client.get_run(result.run_id).info.status == "FINISHED"
+    # A test run of its checkpoint is a run of its own, and records its environment too.
+    tested = api.test(cfg, result.checkpoint)
+    assert "test/acc" in client.get_run(tested.run_id).data.metrics
+    assert_explains_itself(client, tested.run_id, workdir / "graph", workdir / "read-test")
 
 
 def test_system_metrics_can_be_turned_off(workdir: Path) -> None:
