@@ -61,9 +61,14 @@ def _captured(path: Path, *, streams: bool) -> Iterator[IO[str]]:
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
-    targets = [logging.getLogger()] + [
-        logging.getLogger(n) for n in OWN_HANDLERS if not logging.getLogger(n).propagate
-    ]
+    root = logging.getLogger()
+    targets = [root] + [logging.getLogger(n) for n in OWN_HANDLERS if not logging.getLogger(n).propagate]
+    # Without handlers of its own, the root logger's warnings reach stderr through logging's last resort,
+    # which a handler added here would silence: keep them on (the real) stderr.
+    console = None if root.handlers else logging.StreamHandler(sys.stderr)
+    if console is not None:
+        console.setLevel(logging.WARNING)
+        root.addHandler(console)
     for target in targets:
         target.addHandler(handler)
     ours = logging.getLogger("plexlab")
@@ -81,6 +86,8 @@ def _captured(path: Path, *, streams: bool) -> Iterator[IO[str]]:
         ours.setLevel(level)
         for target in targets:
             target.removeHandler(handler)
+        if console is not None:
+            root.removeHandler(console)
         out.close()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from _experiment import tiny_config
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
-from plexlab import api, run_environment, run_logger, schema
+from plexlab import api, run_environment, run_logger, run_logs, schema
 from plexlab.errors import PlexlabError
 
 FAST = {"system_metrics_interval": 0.2}
@@ -172,3 +173,35 @@ def test_sweep_trials_and_driver_leave_their_logs(workdir: Path) -> None:
     driver = read_artifact(client, parent.info.run_id, "logs/driver.log", workdir / "parent")
     assert driver.strip(), "the driver's log is empty"
     assert "plexlab: finished" in driver or "plexlab: failed" in driver
+
+
+class _Uploads:
+    """A stand-in for tracking.Run that keeps what would be uploaded."""
+
+    run_id = "r1"
+
+    def __init__(self) -> None:
+        self.uploaded: list[tuple[str, str]] = []
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.uploaded.append((f"{subdir}/{Path(path).name}", Path(path).read_text()))
+
+
+def test_a_trial_log_holds_logging_output_and_the_traceback_and_is_uploaded_however_it_ends(tmp_path) -> None:
+    import logging
+
+    run = _Uploads()
+    with pytest.raises(RuntimeError, match="boom"), run_logs.trial_log(run, tmp_path / "trial"):
+        logging.getLogger("plexlab.somewhere").info("an info line from plexlab")
+        print("a line on stdout")
+        raise RuntimeError("boom in epoch 2")
+    ((name, text),) = run.uploaded
+    assert name == "logs/trial.log"
+    assert "INFO plexlab.somewhere: an info line from plexlab" in text and "a line on stdout" in text
+    assert "Traceback (most recent call last)" in text and "RuntimeError: boom in epoch 2" in text
+    # A retried trial appends to its file: the crash stays in the log the retry uploads.
+    with run_logs.trial_log(run, tmp_path / "trial"):
+        print("the retry")
+    text = run.uploaded[-1][1]
+    assert "boom in epoch 2" in text and "the retry" in text and text.rstrip().endswith("plexlab: finished")
+    assert not isinstance(sys.stdout, run_logs._Tee) and not isinstance(sys.stderr, run_logs._Tee)
