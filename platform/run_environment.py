@@ -165,8 +165,11 @@ def data_digests(data_name: str, data_args: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data_args.items():
         if key in params and path_role(params[key].annotation) == "input" and value:
-            path = Path(value)
-            out[f"data.{key}"] = path_digest(path) if path.exists() else {"path": str(path), "missing": True}
+            path, name = Path(value), f"data.{key}"
+            try:
+                out[name] = path_digest(path) if path.exists() else {"path": str(path), "missing": True}
+            except OSError as exc:  # unreadable: the data module says so when it reads; the run still starts
+                out[name] = {"path": str(path), "error": str(exc)[:300]}
     return out
 
 
