@@ -8,9 +8,11 @@ interval still records its use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
+from plexlab import run_logger
 from plexlab.datamodules.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,12 @@ class Monitor:
             return
         monitor._shutdown_event.set()
         thread.join(wait)
+        quick = run_logger.one_quick_try() if wait < JOIN_S else contextlib.nullcontext()
         try:
-            if any(m._metrics for m in monitor.monitors):
-                monitor.publish_metrics(monitor.aggregate_metrics())
-            monitor.mlflow_logger.flush()
+            with quick:  # after a failure: the machine's last samples, if the store takes them at once
+                if any(m._metrics for m in monitor.monitors):
+                    monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
         except Exception as exc:  # best effort: a tracking failure is reported by the fit itself
             log.warning("system metrics not written: %s", first_line(exc, 300))
         monitor._process = None
