@@ -25,7 +25,7 @@ from plexlab.tracking import redact
 
 log = logging.getLogger(__name__)
 
-STALL_S = 15.0  # a write unanswered this long is a failure: reported within 30 s of the server dying
+STALL_S = 12.0  # a write unanswered this long is a failure: reported within 30 s of the server dying
 
 # The queue logs every failed write at ERROR with the store's full message; plexlab reports the failure
 # itself, in one line, through the fit's error.
@@ -123,7 +123,7 @@ def make(run_id: str, uri: str, experiment_name: str) -> Any:
                 self.pending.flush()
                 return
             try:  # an exception (or a scheduler's stop) is on its way out: keep what can be kept, briefly
-                self.pending.flush(timeout=3.0)
+                self.pending.flush(timeout=2.0)
             except MlflowException as exc:
                 log.warning("metrics not written before the failure: %s", first_line(exc, 300))
 

@@ -41,6 +41,6 @@ def observing(run: Any, cfg: Any) -> Iterator[None]:
             monitor.stop(3.0 if failed else system_metrics.JOIN_S)
         try:
             # The fit's own logger waited for its writes at its end; this also covers a fit cut short.
-            run_logger.flush_store(run.uri, timeout=3.0 if failed else run_logger.STALL_S)
+            run_logger.flush_store(run.uri, timeout=1.0 if failed else run_logger.STALL_S)
         except Exception as exc:  # best effort on the way out
             log.warning("queued metrics not written: %s", first_line(exc, 300))

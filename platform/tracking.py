@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -321,13 +322,23 @@ def failures_named(uri: str) -> Iterator[None]:
 
 
 def _quietly(fn: Any, *args: Any) -> None:
-    """Best effort while another exception is on its way out: never hide it behind a tracking error; one
-    quick try (MLflow's retries for a server that is gone would hold the exit for minutes)."""
-    try:
-        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
-            fn(*args)
-    except Exception as exc:  # one line: the error on its way out is the one to read
-        log.warning("could not update the MLflow run: %s", first_line(exc, 300))
+    """Best effort while another exception is on its way out: never hide it behind a tracking error, nor hold
+    it for minutes (MLflow's retries; ending a run first drains its queued writes): one try, at most 5 s."""
+    failed: list[Exception] = []
+
+    def attempt() -> None:
+        try:
+            with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"):
+                fn(*args)
+        except Exception as exc:  # one line: the error on its way out is the one to read
+            failed.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True, name="plexlab-run-update")
+    worker.start()
+    worker.join(5.0)
+    if worker.is_alive() or failed:
+        reason = first_line(failed[0], 300) if failed else "no answer in 5 s"
+        log.warning("could not update the MLflow run: %s", reason)
 
 
 def metric_history(run: Run, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
