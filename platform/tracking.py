@@ -323,7 +323,8 @@ def failures_named(uri: str) -> Iterator[None]:
 
 def _quietly(fn: Any, *args: Any) -> None:
     """Best effort while another exception is on its way out: never hide it behind a tracking error, nor hold
-    it for minutes (MLflow's retries; ending a run first drains its queued writes): one try, at most 5 s."""
+    it for minutes on a server (MLflow's retries; ending a run first drains its queued writes): one try, at
+    most 5 s. A local store is waited for: it answers, if slowly on a busy machine."""
     failed: list[Exception] = []
 
     def attempt() -> None:
@@ -335,7 +336,7 @@ def _quietly(fn: Any, *args: Any) -> None:
 
     worker = threading.Thread(target=attempt, daemon=True, name="plexlab-run-update")
     worker.start()
-    worker.join(5.0)
+    worker.join(5.0 if str(getattr(getattr(fn, "__self__", None), "uri", "")).startswith("http") else None)
     if worker.is_alive() or failed:
         reason = first_line(failed[0], 300) if failed else "no answer in 5 s"
         log.warning("could not update the MLflow run: %s", reason)
