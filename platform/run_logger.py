@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.exceptions import MlflowException
 from plexlab.datamodules.errors import first_line
 from plexlab.tracking import redact
@@ -92,42 +93,46 @@ class _RecordingClient:
         return getattr(self._client, name)
 
 
-def make(run_id: str, uri: str, experiment_name: str) -> Any:
-    """An MLFlowLogger writing metrics into an existing run, asynchronously (see the module docstring)."""
-    from lightning.pytorch.loggers import MLFlowLogger
+class RunLogger(MLFlowLogger):
+    """Metrics only, asynchronous; the runner logs params, and `tracking.ending` ends the run."""
 
-    class RunLogger(MLFlowLogger):
-        """Metrics only, asynchronous; the runner logs params, and `tracking.ending` ends the run."""
+    def __init__(self, run_id: str, uri: str, experiment_name: str) -> None:
+        super().__init__(experiment_name=experiment_name, tracking_uri=uri, run_id=run_id, synchronous=False)
+        self.pending = PendingWrites()
+        self._mlflow_client = _RecordingClient(self._mlflow_client, self.pending)
 
-        def __init__(self) -> None:
-            super().__init__(
-                experiment_name=experiment_name, tracking_uri=uri, run_id=run_id, synchronous=False
-            )
-            self.pending = PendingWrites()
-            self._mlflow_client = _RecordingClient(self._mlflow_client, self.pending)
+    def log_hyperparams(self, params: Any) -> None:
+        pass  # the runner logs the resolved config, with defaults and data-derived sizes, once
 
-        def log_hyperparams(self, params: Any) -> None:
-            pass  # the runner logs the resolved config, with defaults and data-derived sizes, once
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        self.pending.check()
+        super().log_metrics(metrics, step)
 
-        def log_metrics(self, metrics: Any, step: int | None = None) -> None:
-            self.pending.check()
-            super().log_metrics(metrics, step)
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        self.pending.flush()
 
-        def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-            super().after_save_checkpoint(checkpoint_callback)
+    def finalize(self, status: str = "success") -> None:
+        # Not Lightning's set_terminated: the run continues into the test and ends in tracking.ending.
+        if status == "success":
             self.pending.flush()
+            return
+        try:  # an exception (or a scheduler's stop) is on its way out: keep what can be kept, briefly
+            self.pending.flush(timeout=2.0)
+        except MlflowException as exc:
+            log.warning("metrics not written before the failure: %s", first_line(exc, 300))
 
-        def finalize(self, status: str = "success") -> None:
-            # Not Lightning's set_terminated: the run continues into the test and ends in tracking.ending.
-            if status == "success":
-                self.pending.flush()
-                return
-            try:  # an exception (or a scheduler's stop) is on its way out: keep what can be kept, briefly
-                self.pending.flush(timeout=2.0)
-            except MlflowException as exc:
-                log.warning("metrics not written before the failure: %s", first_line(exc, 300))
 
-    return RunLogger()
+def make(run_id: str, uri: str, experiment_name: str) -> RunLogger:
+    """An MLFlowLogger writing metrics into an existing run, asynchronously (see the module docstring)."""
+    return RunLogger(run_id, uri, experiment_name)
+
+
+def flush_loggers(trainer: Any) -> None:
+    """Wait for the trainer's pending metric writes (before a checkpoint that a trial may resume from)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, RunLogger):
+            logger.pending.flush()
 
 
 def flush_store(uri: str, timeout: float = STALL_S) -> None:

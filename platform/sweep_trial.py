@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import ray
 import torch
-from plexlab import run_logs, schema, tracking, train
+from plexlab import run_logger, run_logs, schema, tracking, train
 from plexlab.config import ExperimentConfig, flatten, load
 from plexlab.errors import PlexlabError
 from ray import tune
@@ -84,6 +84,7 @@ class ReportToTune(pl.Callback):
         if (trainer.current_epoch + 1) % self.every and not last:
             tune.report(metrics)
             return
+        run_logger.flush_loggers(trainer)  # a trial resumed from this checkpoint must not miss earlier points
         with tempfile.TemporaryDirectory() as tmp:
             trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
