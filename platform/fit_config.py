@@ -10,10 +10,14 @@ from pydantic import Field
 
 
 class TrackingConfig(Strict):
-    """Where runs are recorded: `uri: null` is the embedded SQLite store in the working directory."""
+    """Where runs are recorded: `uri: null` is the embedded SQLite store in the working directory.
+    `system_metrics` samples CPU, memory, disk, network and (with pynvml) GPU use into every fit's and
+    trial's run as `system/*` metrics, every `system_metrics_interval` seconds."""
 
     uri: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    system_metrics: bool = True
+    system_metrics_interval: float = Field(10.0, gt=0)
 
 
 class EarlyStoppingConfig(Strict):

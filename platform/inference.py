@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from plexlab import contract, schema, tracking
+from plexlab import contract, run_observe, schema, tracking
 from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
 from plexlab.train import FitResult, build, make_trainer, primary, run_tags
@@ -40,7 +40,7 @@ def test(
         tags = {**run_tags(cfg, kind=schema.TEST), schema.CHECKPOINT: str(Path(ckpt).resolve())}
         run = tracking.create_run(uri, cfg.name, tags=tags)
     workdir = Path(tempfile.mkdtemp(prefix="plexlab-test-"))
-    with tracking.ending(run) if run else contextlib.nullcontext():
+    with tracking.ending(run) if run else contextlib.nullcontext(), run_observe.observing(run, cfg):
         if run is not None:
             run.log_params(cfg.flat_params())
         trainer = make_trainer(cfg, workdir=workdir, logger=run.logger(cfg.name) if run else None)

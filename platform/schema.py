@@ -32,6 +32,9 @@ HOST = "plexlab.host"
 WORLD_SIZE = "plexlab.world_size"
 RAY_NODE = "plexlab.ray_node"
 RESUMED_FROM = "plexlab.resumed_from"
+TORCH_VERSION = "plexlab.torch_version"
+CUDA_VERSION = "plexlab.cuda_version"  # `none` for a CPU build of torch
+GPU_MODEL = "plexlab.gpu"  # the GPUs' names, or `none`
 
 # How it ended: a scheduler's stop (FINISHED) or a failure's reason (FAILED / KILLED).
 STOPPED = "plexlab.stopped"
@@ -59,6 +62,9 @@ TEST: Kind = "test"
 SWEEP_KIND: Kind = "sweep"
 TRIAL: Kind = "trial"
 REPEAT_KIND: Kind = "repeat"
+
+# MLflow's system metrics monitor names its metrics `system/<name>` (system/cpu_utilization_percentage, ...).
+SYSTEM_METRICS_PREFIX = "system/"
 
 # Summary metrics of a run.
 STOPPED_EPOCH = "stopped_epoch"  # the epoch early stopping ended a fit at

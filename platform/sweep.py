@@ -19,6 +19,7 @@ from plexlab import local_ray, runs_table, schema, sweep_extend, sweep_repeats, 
 from plexlab.config import ExperimentConfig, load
 from plexlab.errors import ConfigError
 from plexlab.job_env import tags as job_tags
+from plexlab.run_logs import driver_log
 from plexlab.sweep_config import ResourcesConfig, check_schedule
 from plexlab.sweep_runs import SweepResult
 from plexlab.sweep_space import scheduler, search_algorithm, search_space, trial_space
@@ -90,7 +91,7 @@ def sweep(
         parent.set_tags({schema.SWEEP_PATH: path, **job_tags()})
         if resume:
             resuming(parent)
-        with tracking.ending(parent):
+        with tracking.ending(parent), driver_log(parent):
             if extend is not None:
                 return _extend(cfg, parent, extend, name, root, path, metric, mode, verbose)
             warm = _start_from(cfg, parent, first) if first else {}

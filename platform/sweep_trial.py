@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import ray
 import torch
-from plexlab import schema, tracking, train
+from plexlab import run_logger, run_logs, schema, tracking, train
 from plexlab.config import ExperimentConfig, flatten, load
 from plexlab.errors import PlexlabError
 from ray import tune
@@ -84,6 +84,7 @@ class ReportToTune(pl.Callback):
         if (trainer.current_epoch + 1) % self.every and not last:
             tune.report(metrics)
             return
+        run_logger.flush_loggers(trainer)  # a trial resumed from this checkpoint must not miss earlier points
         with tempfile.TemporaryDirectory() as tmp:
             trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -142,7 +143,7 @@ def run_trial(params: dict[str, Any], *, spec: TrialSpec) -> None:
     run = _trial_run(cfg, spec.parent_run_id, trial_id, context.get_trial_name())
     run.set_tags({schema.RAY_NODE: ray.get_runtime_context().get_node_id()})
     workdir = trial_folder(spec.path, trial_id)
-    with tracking.ending(run, sigterm_is_stop=True):
+    with tracking.ending(run, sigterm_is_stop=True), run_logs.trial_log(run, workdir):
         if spec.workers > 1:
             _fit_distributed(cfg, run, spec, trial_id)
             return

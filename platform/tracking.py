@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -199,14 +200,10 @@ class Run:
             self.client.log_artifact(self.run_id, str(path), subdir)
 
     def logger(self, experiment_name: str) -> Any:
-        """Lightning's MLFlowLogger writing into this run (params are the runner's job, not the logger's)."""
-        from lightning.pytorch.loggers import MLFlowLogger
+        """Lightning's MLFlowLogger writing into this run asynchronously (see run_logger)."""
+        from plexlab import run_logger
 
-        class RunLogger(MLFlowLogger):
-            def log_hyperparams(self, params: Any) -> None:
-                pass  # the runner logs the resolved config, with defaults and data-derived sizes, once
-
-        return RunLogger(experiment_name=experiment_name, tracking_uri=self.uri, run_id=self.run_id)
+        return run_logger.make(self.run_id, self.uri, experiment_name)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
@@ -333,11 +330,24 @@ def failures_named(uri: str) -> Iterator[None]:
 
 
 def _quietly(fn: Any, *args: Any) -> None:
-    """Best effort while another exception is on its way out: never hide it behind a tracking error."""
-    try:
-        fn(*args)
-    except Exception as exc:  # one line: the error on its way out is the one to read
-        log.warning("could not update the MLflow run: %s", first_line(exc, 300))
+    """Best effort while another exception is on its way out: never hide it behind a tracking error, nor hold
+    it for minutes on a server (MLflow's retries; ending a run first drains its queued writes): one try, at
+    most 5 s. A local store is waited for: it answers, if slowly on a busy machine."""
+    failed: list[Exception] = []
+
+    def attempt() -> None:
+        try:
+            with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"):
+                fn(*args)
+        except Exception as exc:  # one line: the error on its way out is the one to read
+            failed.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True, name="plexlab-run-update")
+    worker.start()
+    worker.join(5.0 if str(getattr(getattr(fn, "__self__", None), "uri", "")).startswith("http") else None)
+    if worker.is_alive() or failed:
+        reason = first_line(failed[0], 300) if failed else "no answer in 5 s"
+        log.warning("could not update the MLflow run: %s", reason)
 
 
 def metric_history(run: Run, keys: list[str]) -> dict[str, list[tuple[int, float]]]:

@@ -21,7 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from plexlab import contract, fit_resume, plots, registry, schema, tracking
+from plexlab import contract, fit_resume, plots, registry, run_observe, schema, tracking
 from plexlab.config import ExperimentConfig, flatten, load
 from plexlab.datamodules.errors import first_line
 from plexlab.errors import ConfigError, DataError
@@ -200,7 +200,7 @@ def fit(
             hooks, callbacks=[*hooks.callbacks, _early_stopping(cfg.early_stopping, metric, mode)]
         )
     ending = tracking.ending(run, sigterm_is_stop=in_sweep) if run else contextlib.nullcontext()
-    with ending, tracking.failures_named(uri):
+    with ending, tracking.failures_named(uri), run_observe.observing(run, cfg):
         return _fit(cfg, dm, model, run, workdir, hooks, checkpoint, metric, in_sweep=in_sweep)
 
 

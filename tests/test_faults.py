@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,10 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
         assert params["model.hidden"] == "8"
 
         stop(server)
+        stopped = time.monotonic()
+        exited: list[float] = []  # when the fit's process ended, seen while the server restarts
+        watcher = threading.Thread(target=lambda: (fit.wait(), exited.append(time.monotonic())), daemon=True)
+        watcher.start()
         server = None
         # Started again on the same store, on another port so that the dying fit cannot reach it: the
         # restart overlaps with the fit's exit instead of following it.
@@ -200,6 +206,10 @@ def test_tracking_server_stopped_mid_run(workdir: Path) -> None:
             _, err = fit.communicate(timeout=90)
         except subprocess.TimeoutExpired:
             pytest.fail("plexlab fit kept running for 90 s after its tracking server died")
+        watcher.join(5)
+        # Metrics are written asynchronously: a failed write stops the fit at its next logging step.
+        took = exited[0] - stopped if exited else float("inf")
+        assert took < 30, f"the fit ran {took:.0f} s on a dead server"
 
         client = MlflowClient(f"http://127.0.0.1:{port}")
         after = metrics_of(client, run_id)
