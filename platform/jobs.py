@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plexlab import job_env, local_ray, schema, tracking
+from plexlab import job_env, local_ray, schema, tracking, tracking_uri
 from plexlab.config import parse_override, set_dotted
 from plexlab.config_files import BASE_KEY, read_composed, read_yaml
 from plexlab.errors import ConfigError, PlexlabError
@@ -128,7 +128,7 @@ def read_file(config: str | Path, overrides: list[str]) -> tuple[Path, dict[str,
 def job_tracking_uri(path: Path, raw: dict[str, Any]) -> str:
     """The store the job's runs go to and the launcher reads: the file's or MLFLOW_TRACKING_URI. The
     embedded default (./mlflow.db) would be a file in the job's temporary folder on the head."""
-    uri = (raw.get("tracking") or {}).get("uri") or tracking.USER_URI
+    uri = (raw.get("tracking") or {}).get("uri") or tracking_uri.USER_URI
     relative = uri is not None and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
     if uri is None or relative or "://" not in uri:
         raise ConfigError(

@@ -27,7 +27,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in a fresh directory, so the embedded MLflow store (mlflow.db) is private to the test."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr("plexlab.tracking.USER_URI", None)
+    monkeypatch.setattr("plexlab.tracking_uri.USER_URI", None)
     return tmp_path
 
 

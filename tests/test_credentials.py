@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from _experiment import write_experiment
-from plexlab import cli, local_ray, tracking
+from plexlab import cli, local_ray, tracking, tracking_uri
 
 PASSWORD = "canary-d41d8cd98f00b204"
 
@@ -67,7 +67,7 @@ def test_a_files_server_on_another_host_than_the_users_is_refused(
     workdir, monkeypatch, listener, capsys
 ) -> None:
     url, seen = listener
-    monkeypatch.setattr(tracking, "USER_URI", "https://mlflow.example.org")
+    monkeypatch.setattr(tracking_uri, "USER_URI", "https://mlflow.example.org")
     config = write_experiment(workdir, tracking={"uri": url})
     assert cli.main(["fit", str(config)]) == 2
     err = _one_line_error(capsys)
