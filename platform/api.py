@@ -128,32 +128,22 @@ def sweep(
     of trials (one line per trial event off a terminal); `verbose`: Ray Tune's own output instead.
     `wait=False`: run it in a process of its own and return at once a handle (status, best, wait, stop; see
     plexlab.launch)."""
+    options = {
+        "address": address,
+        "storage": storage,
+        "resume": resume,
+        "extend": extend,
+        "allow_tracking_uri": allow_tracking_uri,
+        "insecure_local_ray": insecure_local_ray,
+    }
     if not wait:
         from plexlab import launch
 
-        return launch.local(
-            config,  # type: ignore[arg-type]  # a path: launch.local refuses anything else in one line
-            _merge(overrides, kwargs),
-            address=address,
-            storage=storage,
-            resume=resume,
-            extend=extend,
-            allow_tracking_uri=allow_tracking_uri,
-            insecure_local_ray=insecure_local_ray,
-        )
+        # a path: launch.local refuses anything else in one line
+        return launch.local(config, _merge(overrides, kwargs), **options)  # type: ignore[arg-type]
     from plexlab import sweep as driver
 
-    return driver.sweep(
-        config,
-        _merge(overrides, kwargs),
-        address=address,
-        storage=storage,
-        resume=resume,
-        extend=extend,
-        allow_tracking_uri=allow_tracking_uri,
-        insecure_local_ray=insecure_local_ray,
-        verbose=verbose,
-    )
+    return driver.sweep(config, _merge(overrides, kwargs), verbose=verbose, **options)
 
 
 def submit(

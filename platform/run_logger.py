@@ -11,12 +11,9 @@ writes are waited for at every checkpoint and at the end of every `trainer.fit` 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
@@ -145,20 +142,3 @@ def flush_store(uri: str, timeout: float = STALL_S) -> None:
     worker.join(timeout)
     if worker.is_alive():
         log.warning("MLflow at %s has not taken the queued metrics after %.0f s", redact(uri), timeout)
-
-
-@contextlib.contextmanager
-def one_quick_try() -> Iterator[None]:
-    """MLflow requests made in the block try once, for at most 10 s (its default retries with backoff hold a
-    call to a server that is gone for minutes): for best-effort writes while a failure is on its way out."""
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    before = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

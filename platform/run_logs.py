@@ -110,13 +110,13 @@ def _upload(run: Any, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def trial_log(run: Any, folder: Path) -> Iterator[Path]:
-    """A trial's output into `folder/trial.log`, uploaded into `run` (a tracking.Run) as `logs/trial.log`."""
-    path = folder / TRIAL_LOG
+def _logged(run: Any, path: Path, *, streams: bool, header: str | None = None) -> Iterator[Path]:
+    """The block's output into `path`, ended with how the block ended, uploaded into `run` in any case."""
     failure: BaseException | None = None
     try:
-        with _captured(path, streams=True) as out:
-            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} plexlab: trial starts in run {run.run_id}\n")
+        with _captured(path, streams=streams) as out:
+            if header:
+                out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} plexlab: {header}\n")
             try:
                 yield path
             except BaseException as exc:
@@ -129,21 +129,19 @@ def trial_log(run: Any, folder: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def trial_log(run: Any, folder: Path) -> Iterator[Path]:
+    """A trial's output into `folder/trial.log`, uploaded into `run` (a tracking.Run) as `logs/trial.log`."""
+    with _logged(run, folder / TRIAL_LOG, streams=True, header=f"trial starts in run {run.run_id}") as path:
+        yield path
+
+
+@contextlib.contextmanager
 def driver_log(run: Any) -> Iterator[Path]:
     """The sweep driver's logging into a private temporary file, uploaded into the parent run as
     `logs/driver.log` (a resumed sweep's upload replaces the earlier one with this driver's log)."""
     folder = Path(tempfile.mkdtemp(prefix="plexlab-driver-"))
-    path = folder / DRIVER_LOG
-    failure: BaseException | None = None
     try:
-        with _captured(path, streams=False) as out:
-            try:
-                yield path
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                _record_end(out, failure)
+        with _logged(run, folder / DRIVER_LOG, streams=False) as path:
+            yield path
     finally:
-        _upload(run, path)
         shutil.rmtree(folder, ignore_errors=True)

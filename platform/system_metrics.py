@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
-from plexlab import run_logger
+from plexlab import tracking
 from plexlab.datamodules.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Monitor:
             return
         monitor._shutdown_event.set()
         thread.join(wait)
-        quick = run_logger.one_quick_try() if wait < JOIN_S else contextlib.nullcontext()
+        quick = tracking.one_quick_try() if wait < JOIN_S else contextlib.nullcontext()
         try:
             with quick:  # after a failure: the machine's last samples, if the store takes them at once
                 if any(m._metrics for m in monitor.monitors):

@@ -37,8 +37,7 @@ def check(uri: str) -> None:
     """Fail fast, before training, when the tracking store cannot be reached or refuses the credentials."""
     if not uri.startswith(("http://", "https://")):
         return
-    # One quick try instead of MLflow's minutes of retries with backoff.
-    with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+    with one_quick_try():
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # connection refused, 401, TLS, ...: all mean "cannot track here"
@@ -48,10 +47,12 @@ def check(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def _environment(**variables: str) -> Iterator[None]:
-    """Set environment variables for the duration of a block, then restore them."""
-    before = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
+def one_quick_try(timeout_s: int = 10) -> Iterator[None]:
+    """MLflow requests made in the block try once, for at most `timeout_s` (its default retries with backoff
+    hold a call to a server that is gone for minutes)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    before = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)
     try:
         yield
     finally:
@@ -273,7 +274,7 @@ def _quietly(fn: Any, *args: Any) -> None:
 
     def attempt() -> None:
         try:
-            with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"):
+            with one_quick_try(timeout_s=5):
                 fn(*args)
         except Exception as exc:  # one line: the error on its way out is the one to read
             failed.append(exc)
