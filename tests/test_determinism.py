@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from _hypergraph_files import write_graph
 from mlflow.tracking import MlflowClient
-from plexlab import api
+from plexlab import api, schema
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,9 +60,11 @@ def svae(workdir: Path) -> dict[str, Any]:
 
 
 def curves(result: api.FitResult) -> dict[str, list[tuple[int, float]]]:
-    """Every metric the run logged, each with its full history (step, value)."""
+    """Every metric the run logged, each with its full history (step, value); not the machine's own
+    (`system/*`: CPU, memory), which no seed fixes."""
     client = MlflowClient(result.tracking_uri)
-    keys = sorted(client.get_run(result.run_id).data.metrics)
+    logged = client.get_run(result.run_id).data.metrics
+    keys = sorted(k for k in logged if not k.startswith(schema.SYSTEM_METRICS_PREFIX))
     return {k: [(m.step, m.value) for m in client.get_metric_history(result.run_id, k)] for k in keys}
 
 
