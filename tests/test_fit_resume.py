@@ -18,7 +18,7 @@ from _processes import start_fit as start_plexlab_fit
 from _processes import stop, wait_for
 from plexlab import cli, schema
 
-EPOCHS = 8
+EPOCHS = 30  # enough that a kill after the first epochs lands mid-run, with metrics written asynchronously
 
 
 def write_fit(workdir: Path, name: str, epochs: int = EPOCHS) -> Path:
