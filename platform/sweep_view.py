@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plexlab import environment_vars
 from ray import tune
 from rich.console import Console, Group
 from rich.live import Live
@@ -319,20 +320,13 @@ def quiet_tune(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    before_env = {k: os.environ.get(k) for k in (*QUIET_ENV, *QUIET_DEFAULTS)}
+    values = {**{k: os.environ.get(k, v) for k, v in QUIET_DEFAULTS.items()}, **QUIET_ENV}
     before_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    for key, value in QUIET_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    os.environ.update(QUIET_ENV)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        yield
+        with environment_vars.temporarily(values):
+            yield
     finally:
-        for key, value in before_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         for name, level in before_levels.items():
             logging.getLogger(name).setLevel(level)

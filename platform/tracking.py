@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
 import threading
 import time
@@ -23,7 +22,7 @@ import mlflow
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from plexlab import schema
+from plexlab import environment_vars, schema
 from plexlab.datamodules.errors import first_line
 from plexlab.errors import TrackingError
 from plexlab.tracking_uri import artifact_root, redact, resolve_uri, trusted_uri  # noqa: F401  (re-exported)
@@ -46,21 +45,11 @@ def check(uri: str) -> None:
             ) from None
 
 
-@contextlib.contextmanager
-def one_quick_try(timeout_s: int = 10) -> Iterator[None]:
+def one_quick_try(timeout_s: int = 10) -> contextlib.AbstractContextManager[None]:
     """MLflow requests made in the block try once, for at most `timeout_s` (its default retries with backoff
     hold a call to a server that is gone for minutes)."""
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
-    before = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return environment_vars.temporarily(quick)
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
